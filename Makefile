@@ -9,11 +9,13 @@ CC       ?= gcc
 CLANG    ?= clang
 PKGS     := openssl sqlite3 jansson yaml-0.1
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lgrpc -lgpr -lprotobuf-c -lpthread
 
 WARN     := -Wall -Wextra -Wshadow -Wformat=2 -Wstrict-prototypes -Wmissing-prototypes \
             -Wno-missing-field-initializers -Werror
-BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -I. $(WARN) $(PKG_CFLAGS) -MMD -MP
+BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -I. -Ibuild/gen $(WARN) $(PKG_CFLAGS) -MMD -MP
+# protoc-c output is not ours: compile it without our warning set.
+GEN_CFLAGS  := -std=c11 -D_GNU_SOURCE -Ibuild/gen -MMD -MP
 
 rel_CC      := $(CC)
 rel_CFLAGS  := -O2 -g -fstack-protector-strong -D_FORTIFY_SOURCE=2 -fPIE
@@ -30,6 +32,10 @@ clang_CFLAGS:= -O1 -fsyntax-only
 
 MODULES  := lib storage storage/sqlite identity ca sds meshcore
 LIB_SRC  := $(foreach m,$(MODULES),$(wildcard $(m)/*.c))
+# .proto files under proto/ become build/gen/<same path>.pb-c.{c,h} (protoc-c).
+PROTO_SRC := $(shell find proto -name '*.proto' 2>/dev/null | sort)
+GEN_SRC  := $(patsubst proto/%.proto,build/gen/%.pb-c.c,$(PROTO_SRC))
+GEN_HDR  := $(GEN_SRC:.c=.h)
 CLI_SRC  := $(wildcard cli/*.c)
 TESTLIB_SRC := $(wildcard tests/testlib/*.c)
 UNIT_DIRS := $(sort $(patsubst tests/unit/%/,%,$(dir $(wildcard tests/unit/*/*.c))))
@@ -42,11 +48,21 @@ all: bin/meshid
 deps:
 	@bash scripts/install-deps.sh
 
+# ---- generated protobuf-c code ------------------------------------------------
+build/gen/%.pb-c.c build/gen/%.pb-c.h: proto/%.proto
+	@mkdir -p build/gen
+	protoc-c --c_out=build/gen -Iproto -I/usr/include $<
+.PRECIOUS: build/gen/%.pb-c.c build/gen/%.pb-c.h
+
 # ---- per-variant object trees -------------------------------------------
 define VARIANT
-$(1)_LIB_OBJ := $$(patsubst %.c,build/$(1)/%.o,$$(LIB_SRC))
+$(1)_LIB_OBJ := $$(patsubst %.c,build/$(1)/%.o,$$(LIB_SRC)) \
+                $$(patsubst build/gen/%.c,build/$(1)/gen/%.o,$$(GEN_SRC))
 $(1)_CLI_OBJ := $$(patsubst %.c,build/$(1)/%.o,$$(CLI_SRC))
-build/$(1)/%.o: %.c
+build/$(1)/gen/%.o: build/gen/%.c | $$(GEN_HDR)
+	@mkdir -p $$(@D)
+	$$($(1)_CC) $$(GEN_CFLAGS) $$(filter-out -fsyntax-only,$$($(1)_CFLAGS)) -c $$< -o $$@
+build/$(1)/%.o: %.c | $$(GEN_HDR)
 	@mkdir -p $$(@D)
 	$$($(1)_CC) $$(BASE_CFLAGS) $$($(1)_CFLAGS) -c $$< -o $$@
 build/$(1)/libmeshid.a: $$($(1)_LIB_OBJ)
@@ -92,7 +108,7 @@ build/rel/bin/%: build/rel/tests/bench/%.o build/rel/libmeshid.a
 	$(CC) $(rel_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
 # ---- clang warnings check -----------------------------------------------------
-clang-check:
+clang-check: $(GEN_HDR)
 	@for f in $(LIB_SRC) $(CLI_SRC); do \
 	  $(CLANG) $(BASE_CFLAGS) $(clang_CFLAGS) -MF /dev/null $$f || exit 1; done
 	@echo "clang-check: $(words $(LIB_SRC) $(CLI_SRC)) files clean under clang -Werror"

@@ -7,19 +7,24 @@
 #include "ca/ca.h"
 #include "ca/keys.h"
 
-/* PEM when the first non-blank bytes are a PEM boundary; DER otherwise. */
-static int looks_like_pem(const unsigned char *d, size_t len)
+static int is_blank(unsigned char ch) { return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n'; }
+
+/* Offset of the PEM boundary when the first non-blank bytes are one; -1 for
+ * anything else (treated as DER). */
+static long pem_start(const unsigned char *d, size_t len)
 {
     static const char begin[] = "-----BEGIN ";
     size_t i = 0;
-    while (i < len && (d[i] == ' ' || d[i] == '\t' || d[i] == '\r' || d[i] == '\n')) i++;
-    return len - i >= sizeof begin - 1 && memcmp(d + i, begin, sizeof begin - 1) == 0;
+    while (i < len && is_blank(d[i])) i++;
+    if (len - i >= sizeof begin - 1 && memcmp(d + i, begin, sizeof begin - 1) == 0)
+        return (long)i;
+    return -1;
 }
 
 static int only_blank(const unsigned char *d, size_t len)
 {
     for (size_t i = 0; i < len; i++)
-        if (d[i] != ' ' && d[i] != '\t' && d[i] != '\r' && d[i] != '\n') return 0;
+        if (!is_blank(d[i])) return 0;
     return 1;
 }
 
@@ -32,7 +37,7 @@ static mid_result pem_to_der(const unsigned char *data, size_t len, unsigned cha
     unsigned char *body = NULL;
     long body_len = 0;
     BIO *b = BIO_new_mem_buf(data, (int)len);
-    MID_ENSURE(b != NULL, MID_E_NOMEM, "out of memory");
+    MID_CHECK_MEM(r, b);
     if (PEM_read_bio(b, &name, &header, &body, &body_len) != 1) {
         r = mid_fail_ossl(MID_E_INVALID, __FILE__, __LINE__, "CSR: malformed PEM");
         goto out;
@@ -66,14 +71,15 @@ MID_RESULT ca_csr_parse(const unsigned char *data, size_t len, X509_REQ **out)
     mid_result r = MID_OK_RESULT;
     unsigned char *pem_der = NULL;
     X509_REQ *req = NULL;
-    MID_ENSURE(data != NULL && len > 0, MID_E_INVALID, "CSR: empty");
-    MID_ENSURE(len <= CA_CSR_MAX, MID_E_TOO_LARGE, "CSR: %zu bytes is over the limit of %d", len,
-               CA_CSR_MAX);
+    MID_CHECK(r, data != NULL && len > 0, MID_E_INVALID, "CSR: empty");
+    MID_CHECK(r, len <= CA_CSR_MAX, MID_E_TOO_LARGE, "CSR: %zu bytes is over the limit of %d",
+              len, CA_CSR_MAX);
 
     const unsigned char *der = data;
     long der_len = (long)len;
-    if (looks_like_pem(data, len)) {
-        MID_TRY(r, pem_to_der(data, len, &pem_der, &der_len));
+    long pem_at = pem_start(data, len);
+    if (pem_at >= 0) {
+        MID_TRY(r, pem_to_der(data + pem_at, len - (size_t)pem_at, &pem_der, &der_len));
         der = pem_der;
     }
     MID_CHECK(r, der_len > 0, MID_E_INVALID, "CSR: empty");
@@ -116,7 +122,7 @@ MID_RESULT ca_csr_check_uri_sans(X509_REQ *req, const char *spiffe_id)
     GENERAL_NAMES *gens = NULL;
     int has_req = X509_REQ_get_attr_by_NID(req, NID_ext_req, -1) >= 0 ||
                   X509_REQ_get_attr_by_NID(req, NID_ms_ext_req, -1) >= 0;
-    if (!has_req) return mid_ok();
+    if (!has_req) goto out; /* nothing requested */
     exts = X509_REQ_get_extensions(req);
     if (exts == NULL) {
         r = mid_fail_ossl(MID_E_INVALID, __FILE__, __LINE__,
@@ -128,8 +134,9 @@ MID_RESULT ca_csr_check_uri_sans(X509_REQ *req, const char *spiffe_id)
     if (gens == NULL) {
         /* -1: no SAN asked for. Otherwise a duplicate or undecodable SAN,
          * which could hide an identity: refuse. */
-        MID_CHECK(r, crit == -1, MID_E_INVALID,
-                  "CSR: malformed or repeated subjectAltName in the extension request");
+        if (crit != -1)
+            r = mid_fail_ossl(MID_E_INVALID, __FILE__, __LINE__,
+                              "CSR: malformed or repeated subjectAltName in the extension request");
         goto out;
     }
     size_t want = strlen(spiffe_id);

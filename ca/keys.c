@@ -43,7 +43,7 @@ MID_RESULT ca_key_to_pem(const EVP_PKEY *k, char **out, size_t *len)
 {
     mid_result r = MID_OK_RESULT;
     BIO *b = BIO_new(BIO_s_secmem()); /* wiped by OpenSSL when freed */
-    MID_ENSURE(b != NULL, MID_E_NOMEM, "out of memory");
+    MID_CHECK_MEM(r, b);
     MID_CHECK_OSSL(r, PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL), MID_E_CRYPTO,
                    "cannot encode private key");
     char *data = NULL;

@@ -76,6 +76,10 @@ MID_RESULT ca_x509_key_id(X509 *x, ASN1_OCTET_STRING **out);
 /* ca_x509_key_id as lowercase hex: the authority id used in the store. */
 MID_RESULT ca_x509_key_id_hex(X509 *x, char out[CA_KEY_ID_HEX_MAX]);
 
+/* The serial number as lowercase hex (no leading zeros beyond the DER
+ * content) into `out`; MID_E_INVALID for a negative or oversized serial. */
+MID_RESULT ca_x509_serial_hex(const X509 *x, char *out, size_t cap);
+
 /* notBefore / notAfter as Unix seconds. */
 MID_RESULT ca_x509_validity(const X509 *x, int64_t *not_before, int64_t *not_after);
 

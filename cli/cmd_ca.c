@@ -80,6 +80,13 @@ static void short_id(const char *id, char out[17])
     snprintf(out, 17, "%s", id);
 }
 
+/* Keeps the two largest units of a duration: 364d23h rather than 364d23h59m59s. */
+static int64_t coarse(int64_t secs)
+{
+    int64_t unit = secs >= 86400 ? 3600 : secs >= 3600 ? 60 : 1;
+    return secs - secs % unit;
+}
+
 static int ca_status_cmd(cli_ctx *ctx, int argc, char **argv)
 {
     if (argc != 1) return cli_usage("meshid ca status", "unexpected argument '%s'", argv[1]);
@@ -110,7 +117,7 @@ static int ca_status_cmd(cli_ctx *ctx, int argc, char **argv)
         short_id(a->id, id);
         time_format_rfc3339(a->not_after, na);
         if (a->not_after > now)
-            time_format_duration(a->not_after - now, left, sizeof left);
+            time_format_duration(coarse(a->not_after - now), left, sizeof left);
         else
             snprintf(left, sizeof left, "expired");
         if (!mid_is_ok(r = store_cert_count_live(st, a->id, now, &live))) {

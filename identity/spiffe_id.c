@@ -19,7 +19,6 @@
 #define QUOTE_MAX 80 /* bytes of quoted input in an error message */
 
 struct spiffe_id {
-    size_t len;       /* bytes in str, without the NUL */
     const char *td;   /* NUL-terminated trust domain, inside buf after str */
     const char *path; /* "" or "/a/b", the tail of str */
     char buf[];       /* str NUL td NUL */
@@ -133,44 +132,47 @@ static size_t td_rest(const cursor *c)
     return n;
 }
 
+#define RULE_TD_CHARS                                                                      \
+    "trust domain characters are limited to lowercase letters, digits, dots, dashes and " \
+    "underscores"
+#define RULE_PATH_CHARS                                                                   \
+    "path segment characters are limited to letters, digits, dots, dashes and underscores"
+
+/* Rejects the byte under the cursor, which is not allowed in a trust domain,
+ * with the most specific rule it breaks. */
+static mid_result reject_td_byte(const cursor *c, const subject *subj)
+{
+    unsigned char ch = cur_peek(c);
+    char b[8];
+    describe_byte(ch, b);
+    MID_GUARD(check_query_fragment(c, subj));
+    if (ch >= 'A' && ch <= 'Z')
+        REJECT(MID_E_INVALID, subj, RULE_TD_CHARS " (upper case %s at offset %zu)", b, c->pos);
+    if (ch == '%')
+        REJECT(MID_E_INVALID, subj,
+               "the trust domain must not be percent-encoded ('%%' at offset %zu)", c->pos);
+    if (ch == '@')
+        REJECT(MID_E_INVALID, subj, "the trust domain must not contain userinfo ('@' at offset %zu)",
+               c->pos);
+    /* "user:password@host": the ':' comes first but the problem is userinfo. */
+    if (ch == ':' && memchr(c->p + c->pos, '@', td_rest(c)) != NULL)
+        REJECT(MID_E_INVALID, subj, "the trust domain must not contain userinfo ('user:password@')");
+    if (ch == ':')
+        REJECT(MID_E_INVALID, subj, "the trust domain must not contain a port (':' at offset %zu)",
+               c->pos);
+    if (ch == '[' || ch == ']')
+        REJECT(MID_E_INVALID, subj,
+               "the trust domain must not be an IPv6 address literal (%s at offset %zu)", b, c->pos);
+    REJECT(MID_E_INVALID, subj, RULE_TD_CHARS " (%s at offset %zu)", b, c->pos);
+}
+
 /* Consumes a trust domain name from the cursor, stopping before '/' or at the
  * end. Error offsets are reported relative to the subject. */
 static mid_result scan_trust_domain(cursor *c, const subject *subj, size_t *td_len)
 {
     size_t start = c->pos;
     while (!cur_done(c) && cur_peek(c) != '/') {
-        unsigned char ch = cur_peek(c);
-        if (!is_td_char(ch)) {
-            char b[8];
-            describe_byte(ch, b);
-            MID_GUARD(check_query_fragment(c, subj));
-            if (ch >= 'A' && ch <= 'Z')
-                REJECT(MID_E_INVALID, subj,
-                       "trust domain characters are limited to lowercase letters, digits, "
-                       "dots, dashes and underscores (upper case %s at offset %zu)",
-                       b, c->pos);
-            if (ch == '%')
-                REJECT(MID_E_INVALID, subj,
-                       "the trust domain must not be percent-encoded ('%%' at offset %zu)",
-                       c->pos);
-            if (ch == '@')
-                REJECT(MID_E_INVALID, subj,
-                       "the trust domain must not contain userinfo ('@' at offset %zu)", c->pos);
-            if (ch == ':' && memchr(c->p + c->pos, '@', td_rest(c)) != NULL)
-                REJECT(MID_E_INVALID, subj,
-                       "the trust domain must not contain userinfo ('user:password@')");
-            if (ch == ':')
-                REJECT(MID_E_INVALID, subj,
-                       "the trust domain must not contain a port (':' at offset %zu)", c->pos);
-            if (ch == '[' || ch == ']')
-                REJECT(MID_E_INVALID, subj,
-                       "the trust domain must not be an IPv6 address literal (%s at offset %zu)",
-                       b, c->pos);
-            REJECT(MID_E_INVALID, subj,
-                   "trust domain characters are limited to lowercase letters, digits, dots, "
-                   "dashes and underscores (%s at offset %zu)",
-                   b, c->pos);
-        }
+        if (!is_td_char(cur_peek(c))) return reject_td_byte(c, subj);
         c->pos++;
     }
     size_t n = c->pos - start;
@@ -200,10 +202,7 @@ static mid_result scan_path(cursor *c, const subject *subj)
                            "the path must not be percent-encoded ('%%' at offset %zu)", c->pos);
                 char b[8];
                 describe_byte(ch, b);
-                REJECT(MID_E_INVALID, subj,
-                       "path segment characters are limited to letters, digits, dots, dashes "
-                       "and underscores (%s at offset %zu)",
-                       b, c->pos);
+                REJECT(MID_E_INVALID, subj, RULE_PATH_CHARS " (%s at offset %zu)", b, c->pos);
             }
             c->pos++;
         }
@@ -259,7 +258,6 @@ static mid_result build(const char *td, size_t td_len, const char *path, size_t 
     char *tdcopy = p + len + 1;
     memcpy(tdcopy, td, td_len);
     tdcopy[td_len] = '\0';
-    id->len = len;
     id->td = tdcopy;
     id->path = p + SCHEME_LEN + td_len;
     *out = id;

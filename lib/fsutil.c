@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +13,8 @@ MID_RESULT fs_read_file(const char *path, size_t max, char **out, size_t *len)
 {
     mid_result r = MID_OK_RESULT;
     char *buf = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK so that a FIFO at `path` cannot block us before the S_ISREG check. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         if (errno == ENOENT) MID_BAIL(MID_E_NOT_FOUND, "%s: no such file", path);
         MID_BAIL(MID_E_IO, "%s: %s", path, strerror(errno));
@@ -79,7 +81,9 @@ MID_RESULT fs_write_file(const char *path, const void *data, size_t len, mode_t 
     mid_result r = MID_OK_RESULT;
     char tmp[4096];
     int fd = -1;
-    int n = snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    static atomic_uint counter;
+    int n = snprintf(tmp, sizeof tmp, "%s.tmp.%ld.%u", path, (long)getpid(),
+                     atomic_fetch_add(&counter, 1));
     MID_ENSURE(n > 0 && (size_t)n < sizeof tmp, MID_E_TOO_LARGE, "%s: path too long", path);
     (void)unlink(tmp);
     fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
@@ -96,8 +100,10 @@ MID_RESULT fs_write_file(const char *path, const void *data, size_t len, mode_t 
         left -= (size_t)w;
     }
     MID_CHECK(r, fsync(fd) == 0, MID_E_IO, "%s: %s", tmp, strerror(errno));
-    MID_CHECK(r, close(fd) == 0, MID_E_IO, "%s: %s", tmp, strerror(errno));
+    /* The descriptor is gone even when close() fails: never close it twice. */
+    int crc = close(fd);
     fd = -1;
+    MID_CHECK(r, crc == 0, MID_E_IO, "%s: %s", tmp, strerror(errno));
     MID_CHECK(r, rename(tmp, path) == 0, MID_E_IO, "%s: %s", path, strerror(errno));
     MID_TRY(r, fsync_dir_of(path));
 out:

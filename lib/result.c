@@ -17,10 +17,15 @@ __attribute__((format(printf, 4, 0))) static mid_result record(mid_err err, cons
                                                                int line, const char *fmt,
                                                                va_list ap)
 {
+    /* Format into a scratch buffer first: callers often wrap the previous
+     * error, passing mid_errmsg() as an argument, and vsnprintf must not
+     * read from the buffer it is writing. */
+    char msg[MID_ERRMSG_MAX];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    memcpy(last_error.msg, msg, sizeof msg);
     last_error.err = err;
     last_error.file = file;
     last_error.line = line;
-    vsnprintf(last_error.msg, sizeof last_error.msg, fmt, ap);
     return (mid_result){err};
 }
 

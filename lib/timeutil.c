@@ -82,8 +82,10 @@ static mid_result parse_rfc3339(const char *s, int64_t *out)
                MID_E_INVALID, "bad time '%s' (use RFC 3339 like 2026-01-02T15:04:05Z or a "
                "duration like 1h)", s);
     static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    MID_ENSURE(M >= 1 && M <= 12 && D >= 1 && D <= mdays[M - 1] && h <= 23 && mi <= 59 &&
-                   sec <= 60, MID_E_INVALID, "time '%s' is out of range", s);
+    bool leap = (Y % 4 == 0 && Y % 100 != 0) || Y % 400 == 0;
+    MID_ENSURE(M >= 1 && M <= 12 && D >= 1 && D <= mdays[M - 1] && (M != 2 || D <= 28 || leap) &&
+                   h <= 23 && mi <= 59 && sec <= 60,
+               MID_E_INVALID, "time '%s' is out of range", s);
     const char *p = s + 19;
     if (*p == '.') {
         p++;
@@ -132,8 +134,10 @@ void time_format_rfc3339(int64_t secs, char out[TIME_RFC3339_LEN])
 
 void time_format_rfc3339_ms(int64_t ms, char out[TIME_RFC3339_LEN])
 {
-    int64_t secs = ms >= 0 ? ms / 1000 : (ms - 999) / 1000;
-    int frac = (int)(ms - secs * 1000);
+    /* Floor division that cannot overflow, even at INT64_MIN. */
+    int64_t rem = ms % 1000;
+    int64_t secs = ms / 1000 - (rem < 0 ? 1 : 0);
+    int frac = (int)(rem < 0 ? rem + 1000 : rem);
     time_t t = (time_t)secs;
     struct tm tm;
     char base[24];
@@ -149,6 +153,7 @@ void time_format_duration(int64_t secs, char *out, size_t cap)
     static const struct { int64_t n; char u; } units[] = {
         {86400, 'd'}, {3600, 'h'}, {60, 'm'}, {1, 's'}};
     size_t used = 0;
+    if (cap == 0) return;
     if (secs <= 0) {
         snprintf(out, cap, "0s");
         return;

@@ -9,7 +9,8 @@
  * until its transaction is durable on disk, or fails as a whole. A write that
  * carries an audit event commits the event in the same transaction, chained
  * to the previous one (see storage/audit.h), so a row never exists without
- * its event and vice versa.
+ * its event and vice versa (a write's `ev` may be NULL only in tests).
+ * Times in records are Unix seconds; audit ts_ms is Unix milliseconds.
  *
  * Strings in records read back are heap copies owned by the record; free
  * them with the matching *_clear / *_free function. Thread-safe: any thread
@@ -26,6 +27,12 @@
 typedef struct store store;
 
 #define STORE_HASH_LEN 32
+
+/* Size limits (bytes, excluding the NUL); longer input is MID_E_TOO_LARGE. */
+#define STORE_AUDIT_DETAILS_MAX (64 * 1024) /* audit details JSON */
+#define STORE_AUDIT_TEXT_MAX (4 * 1024)     /* every other audit text field */
+#define STORE_PEM_MAX (256 * 1024)          /* cert_pem, chain_pem */
+#define STORE_TEXT_MAX (4 * 1024)           /* every other record text field */
 
 /* ---- audit events ---------------------------------------------------------- */
 
@@ -52,8 +59,8 @@ typedef struct {
 void store_audit_row_clear(store_audit_row *row);
 
 typedef struct {
-    int64_t since_ms;      /* 0: no lower bound */
-    int64_t until_ms;      /* 0: no upper bound */
+    int64_t since_ms;      /* ts_ms >= since_ms; 0: no lower bound */
+    int64_t until_ms;      /* ts_ms < until_ms; 0: no upper bound */
     const char *spiffe_id; /* NULL: any */
     const char *event;     /* NULL: any */
     const char *outcome;   /* NULL: any */
@@ -62,11 +69,15 @@ typedef struct {
 } store_audit_filter;
 
 /* Called once per row in ascending seq order; `row` is only valid during the
- * call. Return non-zero to stop early (not an error). */
+ * call. Return non-zero to stop early (not an error). The rows come from
+ * one consistent snapshot; the callback may call other store functions. */
 typedef int (*store_audit_cb)(void *ctx, const store_audit_event *row);
 
-/* Appends one event (no other write). Blocks until durable. On success the
- * assigned seq and hashes are written back into *ev if ev_out is non-NULL. */
+/* Appends one event (no other write). Blocks until durable. On success, if
+ * ev_out is non-NULL, *ev_out is a copy of *ev (its strings are ev's, reason
+ * and details with their stored defaults) with the assigned seq, ts_ms and
+ * hashes. MID_E_INVALID / MID_E_TOO_LARGE for an event storage/audit.h
+ * refuses (nothing written). */
 MID_RESULT store_audit_append(store *st, const store_audit_event *ev, store_audit_event *ev_out);
 
 /* Streams rows matching the filter. */
@@ -119,7 +130,8 @@ typedef struct {
 void store_authority_row_clear(store_authority_row *row);
 
 /* Inserts or replaces (by id) an authority together with its audit event
- * (ev may be NULL only in tests). Blocks until durable. */
+ * (ev may be NULL only in tests). Blocks until durable. A parent_id must
+ * name an authority already stored (MID_E_INVALID otherwise). */
 MID_RESULT store_authority_put(store *st, const store_authority *a, const store_audit_event *ev);
 
 /* Changes one authority's state, checking it is still `from_state`
@@ -154,7 +166,8 @@ typedef struct {
 void store_cert_row_clear(store_cert_row *row);
 
 /* Records an issued certificate and its audit event in one transaction;
- * returns only when both are durable. MID_E_EXISTS on a duplicate serial. */
+ * returns only when both are durable. MID_E_EXISTS on a duplicate serial,
+ * MID_E_INVALID for an unknown authority_id or a malformed field. */
 MID_RESULT store_cert_insert(store *st, const store_cert *c, const store_audit_event *ev);
 
 /* Reads one certificate by serial; MID_E_NOT_FOUND if absent. */
@@ -167,8 +180,8 @@ MID_RESULT store_cert_count_live(store *st, const char *authority_id, int64_t no
 /* ---- lifecycle ------------------------------------------------------------------ */
 
 typedef struct {
-    int busy_timeout_ms; /* how long to wait on a locked database (default 5000) */
-    int max_batch;       /* most writes per group commit (default 256) */
+    int busy_timeout_ms; /* how long to wait on a locked database (0: default 5000) */
+    int max_batch;       /* most writes per group commit (0: default 256; at most 4096) */
 } store_options;
 
 /* Opens (creating if needed) the store at `location` and runs any pending

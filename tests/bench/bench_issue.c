@@ -38,6 +38,7 @@
 #include "lib/result.h"
 #include "lib/timeutil.h"
 #include "storage/store.h"
+#include "storage/store_int.h" /* store_stats_get: group-commit counters */
 
 #define BENCH_TD "bench.test"
 #define BENCH_MSG_LEN 300
@@ -372,6 +373,28 @@ static int count_issue_event(void *ctx, const store_audit_event *row)
 
 /* ---- report ------------------------------------------------------------------ */
 
+/* Writer counters accumulated over one issuance run. */
+typedef struct {
+    uint64_t writes;
+    uint64_t transactions;
+    uint64_t max_batch; /* since the store was opened */
+} batch_delta;
+
+static void batch_diff(const store_stats *a, const store_stats *b, batch_delta *d)
+{
+    d->writes = b->writes - a->writes;
+    d->transactions = b->transactions - a->transactions;
+    d->max_batch = b->max_batch_seen;
+}
+
+static void print_batch(const char *label, const batch_delta *d)
+{
+    printf("  store writes/transaction (%s): %.2f  (%" PRIu64 " writes in %" PRIu64
+           " commits, largest batch so far %" PRIu64 ")\n",
+           label, d->transactions ? (double)d->writes / (double)d->transactions : 0.0, d->writes,
+           d->transactions, d->max_batch);
+}
+
 static void print_row(const char *label, int threads, const run_result *ref, const run_result *iss)
 {
     double pct = ref->rate > 0 ? 100.0 * iss->rate / ref->rate : 0.0;
@@ -433,20 +456,36 @@ int main(void)
 
     struct statfs sfs;
     int on_tmpfs = statfs(dir, &sfs) == 0 && sfs.f_type == TMPFS_MAGIC_;
+    double load[1] = {0};
+    if (getloadavg(load, 1) != 1) load[0] = -1;
     printf("bench_issue: %ld thread(s) (%ld online CPUs), %ld s per run, data dir %s%s\n", nthreads,
            sysconf(_SC_NPROCESSORS_ONLN), seconds, dir,
            on_tmpfs ? " (tmpfs: fsync is free, durability cost NOT measured)" : "");
+    /* Other work on the machine skews both columns; say how busy it was. */
+    printf("bench_issue: load average before the run %.2f\n", load[0]);
     fflush(stdout);
 
-    if (!run_phase(WORK_REFERENCE, NULL, msg, fx, 1, seconds, &ref1) ||
-        !run_phase(WORK_ISSUE, c, msg, fx, 1, seconds, &iss1)) {
+    store_stats s0, s1, s2;
+    batch_delta b1 = {0}, bn = {0};
+    if (!run_phase(WORK_REFERENCE, NULL, msg, fx, 1, seconds, &ref1)) {
         fail = 1;
         goto out;
     }
-    if (nthreads > 1 && (!run_phase(WORK_REFERENCE, NULL, msg, fx, (int)nthreads, seconds, &refn) ||
-                         !run_phase(WORK_ISSUE, c, msg, fx, (int)nthreads, seconds, &issn))) {
+    store_stats_get(st, &s0);
+    if (!run_phase(WORK_ISSUE, c, msg, fx, 1, seconds, &iss1)) {
         fail = 1;
         goto out;
+    }
+    store_stats_get(st, &s1);
+    batch_diff(&s0, &s1, &b1);
+    if (nthreads > 1) {
+        if (!run_phase(WORK_REFERENCE, NULL, msg, fx, (int)nthreads, seconds, &refn) ||
+            !run_phase(WORK_ISSUE, c, msg, fx, (int)nthreads, seconds, &issn)) {
+            fail = 1;
+            goto out;
+        }
+        store_stats_get(st, &s2);
+        batch_diff(&s1, &s2, &bn);
     }
 
     printf("\n  Issuance throughput (EC P-256; reference = 1 ECDSA sign + 1 verify, SHA-256)\n");
@@ -459,6 +498,10 @@ int main(void)
                ref1.rate > 0 ? refn.rate / ref1.rate : 0.0,
                iss1.rate > 0 ? issn.rate / iss1.rate : 0.0, nthreads);
     }
+
+    if (getloadavg(load, 1) == 1) printf("  load average after the run: %.2f\n", load[0]);
+    print_batch("single", &b1);
+    if (nthreads > 1) print_batch("parallel", &bn);
 
     uint64_t issued = iss1.ops + issn.ops;
     uint64_t failed = ref1.failures + refn.failures + iss1.failures + issn.failures;

@@ -63,6 +63,14 @@ ok audit verify --head "$WORK/head.json"
 head_seq=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["seq"])' "$WORK/head.json")
 
 DB="$MESHID_DATA_DIR/meshid.db"
+step "append-only triggers stop casual edits in the sqlite3 shell"
+! sql "UPDATE audit_events SET reason = 'x' WHERE seq = 2" 2>/dev/null || fail "UPDATE allowed"
+! sql "DELETE FROM audit_events WHERE seq = 2" 2>/dev/null || fail "DELETE allowed"
+ok audit verify
+# An attacker drops the triggers first; from here on every edit is deliberate.
+for t in $(sql "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_events'"); do
+  sql "DROP TRIGGER $t"
+done
 cp "$DB" "$WORK/pristine.db"
 restore() { cp "$WORK/pristine.db" "$DB"; rm -f "$DB-wal" "$DB-shm"; }
 broken_at() { # SEQ: verify must fail naming event SEQ
@@ -84,8 +92,8 @@ broken_at 3
 restore
 
 step "tamper: reorder two events"
-sql "BEGIN; UPDATE audit_events SET seq = -1 WHERE seq = 3; UPDATE audit_events SET seq = 3 WHERE seq = 4;
-     UPDATE audit_events SET seq = 4 WHERE seq = -1; COMMIT;"
+sql "BEGIN; UPDATE audit_events SET seq = 1000000 WHERE seq = 3; UPDATE audit_events SET seq = 3 WHERE seq = 4;
+     UPDATE audit_events SET seq = 4 WHERE seq = 1000000; COMMIT;"
 broken_at 3
 restore
 

@@ -118,7 +118,7 @@ PY
 
 step "ca status counts live SVIDs of the intermediate"
 ok ca status
-awk '$2 == "intermediate" {print $7}' "$OUT" | grep -qx 5 || fail "want 5 live SVIDs"
+awk '$2 == "intermediate" {print $6}' "$OUT" | grep -qx 5 || fail "want 5 live SVIDs"
 
 step "--data-dir overrides MESHID_DATA_DIR"
 ok --data-dir "$WORK/other" ca init --trust-domain other.test

@@ -1,0 +1,47 @@
+/* Private to ca/: the loaded signing authority behind the opaque `ca`, and
+ * helpers shared by ca.c, upstream.c, bundle.c and audit_head.c. */
+#ifndef MESHID_CA_CA_INT_H
+#define MESHID_CA_CA_INT_H
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include "ca/ca.h"
+#include "ca/x509.h"
+#include "identity/spiffe_id.h"
+
+/* Everything here is written once by ca_open and only read afterwards, which
+ * is what makes concurrent ca_issue calls safe. */
+struct ca {
+    store *st;                                /* borrowed */
+    char trust_domain[SPIFFE_TD_MAX + 1];
+    char authority_id[CA_KEY_ID_HEX_MAX];
+    EVP_PKEY *key;                            /* the signing key */
+    X509 *cert;                               /* the signing certificate */
+    STACK_OF(X509) *chain;                    /* above `cert`, up to (excluding) the root */
+    STACK_OF(X509) *anchors;                  /* trust anchors when the handle was opened */
+    X509_NAME *issuer_name;                   /* private copy of cert's subject */
+    ASN1_OCTET_STRING *issuer_key_id;         /* cert's key id, for SVID AKIs */
+    int64_t sign_not_before;                  /* cert's notBefore */
+    int64_t sign_not_after;                   /* earliest notAfter of cert, chain and root */
+    char *chain_pem;                          /* cert then chain, appended to every leaf */
+};
+
+/* Authority states that keep a root in the trust bundle. */
+int ca_state_is_trusted(const char *state);
+
+/* The trust anchors: every root authority of the store that is not revoked
+ * or removed, as certificates (new stack owned by the caller), and the
+ * bundle sequence number derived from the authority table (see docs/ca.md).
+ * `seq` may be NULL. The stack is empty (not an error) when every root has
+ * been revoked or removed. */
+MID_RESULT ca_anchors_load(store *st, STACK_OF(X509) **anchors, int64_t *seq);
+
+/* <data_dir>/keys (created 0700 when `create`), and a key file path in it. */
+MID_RESULT ca_keys_dir(const char *data_dir, int create, char *out, size_t cap);
+
+/* Builds the audit details JSON for an authority record. Caller frees. */
+MID_RESULT ca_authority_details(const store_authority *a, const char *key_desc, int upstream,
+                                char **out);
+
+#endif

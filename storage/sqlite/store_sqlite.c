@@ -1,0 +1,846 @@
+/* The SQLite backend of the store (storage/store_int.h).
+ *
+ * One database file in WAL mode with synchronous=FULL, so a COMMIT that
+ * returned is on disk and readers never block the writer. The file carries
+ * application_id 0x6D736964 ("msid") and its schema version in user_version
+ * (history in the schema_migrations table). Schema: docs/schema.md.
+ *
+ * Every SQLite return code goes through one adapter (sq_fail) that maps it to
+ * a mid_err and keeps sqlite3_errmsg and the path in the message.
+ */
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lib/log.h"
+#include "lib/timeutil.h"
+#include "storage/audit.h"
+#include "storage/store_int.h"
+
+#define SQ_APPLICATION_ID 0x6D736964 /* "msid" */
+
+/* ---- schema migrations ------------------------------------------------------ */
+
+typedef struct {
+    int version;
+    const char *description;
+    const char *sql;
+} sq_migration;
+
+static const sq_migration migrations[] = {
+    {1, "authorities, certificates, audit_events",
+     "CREATE TABLE schema_migrations (\n"
+     "  version     INTEGER PRIMARY KEY,\n"
+     "  description TEXT NOT NULL,\n"
+     "  applied_at  INTEGER NOT NULL\n"
+     ") STRICT;\n"
+     "CREATE TABLE authorities (\n"
+     "  id           TEXT PRIMARY KEY NOT NULL\n"
+     "               CHECK (length(id) BETWEEN 1 AND 128 AND id NOT GLOB '*[^0-9a-f]*'),\n"
+     "  kind         TEXT NOT NULL CHECK (kind IN ('root', 'intermediate')),\n"
+     "  state        TEXT NOT NULL CHECK (state IN ('prepared', 'active', 'old', 'tainted',\n"
+     "                                              'revoked', 'removed')),\n"
+     "  trust_domain TEXT NOT NULL CHECK (trust_domain <> ''),\n"
+     "  parent_id    TEXT REFERENCES authorities(id),\n"
+     "  cert_pem     TEXT NOT NULL,\n"
+     "  chain_pem    TEXT NOT NULL DEFAULT '',\n"
+     "  key_ref      TEXT NOT NULL DEFAULT '',\n"
+     "  not_before   INTEGER NOT NULL,\n"
+     "  not_after    INTEGER NOT NULL,\n"
+     "  upstream     INTEGER NOT NULL DEFAULT 0 CHECK (upstream IN (0, 1)),\n"
+     "  created_at   INTEGER NOT NULL\n"
+     ") STRICT;\n"
+     "CREATE TABLE certificates (\n"
+     "  serial       TEXT PRIMARY KEY NOT NULL\n"
+     "               CHECK (length(serial) BETWEEN 1 AND 64 AND serial NOT GLOB '*[^0-9a-f]*'),\n"
+     "  spiffe_id    TEXT NOT NULL,\n"
+     "  key_fp       TEXT NOT NULL,\n"
+     "  not_before   INTEGER NOT NULL,\n"
+     "  not_after    INTEGER NOT NULL,\n"
+     "  authority_id TEXT NOT NULL REFERENCES authorities(id),\n"
+     "  status       TEXT NOT NULL CHECK (status IN ('valid', 'revoked')),\n"
+     "  issued_at    INTEGER NOT NULL,\n"
+     "  cert_pem     TEXT NOT NULL\n"
+     ") STRICT;\n"
+     "CREATE INDEX certificates_spiffe_id ON certificates(spiffe_id);\n"
+     "CREATE INDEX certificates_authority_id ON certificates(authority_id);\n"
+     "CREATE TABLE audit_events (\n"
+     "  seq       INTEGER PRIMARY KEY CHECK (seq >= 1),\n"
+     "  ts_ms     INTEGER NOT NULL,\n"
+     "  actor     TEXT NOT NULL CHECK (actor <> ''),\n"
+     "  event     TEXT NOT NULL CHECK (event <> ''),\n"
+     "  spiffe_id TEXT,\n"
+     "  serial    TEXT,\n"
+     "  outcome   TEXT NOT NULL CHECK (outcome IN ('ok', 'denied', 'error')),\n"
+     "  reason    TEXT NOT NULL DEFAULT '',\n"
+     "  details   TEXT NOT NULL DEFAULT '{}',\n"
+     "  prev_hash TEXT NOT NULL\n"
+     "            CHECK (length(prev_hash) = 64 AND prev_hash NOT GLOB '*[^0-9a-f]*'),\n"
+     "  hash      TEXT NOT NULL CHECK (length(hash) = 64 AND hash NOT GLOB '*[^0-9a-f]*')\n"
+     ") STRICT;\n"
+     "CREATE INDEX audit_events_ts_ms ON audit_events(ts_ms);\n"
+     "CREATE INDEX audit_events_spiffe_id ON audit_events(spiffe_id);\n"
+     "CREATE INDEX audit_events_event ON audit_events(event);\n"
+     /* Append-only against accidents (an ad-hoc DELETE in the sqlite3 shell);
+      * deliberate tampering is caught by the hash chain and the signed head. */
+     "CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events\n"
+     "  BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END;\n"
+     "CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events\n"
+     "  BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END;\n"},
+};
+
+#define SQ_SCHEMA_LATEST ((int)(sizeof migrations / sizeof migrations[0]))
+
+/* ---- connection and cached statements ------------------------------------------- */
+
+typedef enum {
+    SQ_BEGIN,
+    SQ_COMMIT,
+    SQ_ROLLBACK,
+    SQ_SAVEPOINT,
+    SQ_RELEASE,
+    SQ_ROLLBACK_TO,
+    SQ_AUDIT_HEAD,
+    SQ_AUDIT_INSERT,
+    SQ_AUDIT_GET,
+    SQ_AUDIT_ITER,
+    SQ_AUTH_PUT,
+    SQ_AUTH_SET_STATE,
+    SQ_AUTH_GET_STATE,
+    SQ_AUTH_LIST,
+    SQ_CERT_INSERT,
+    SQ_CERT_GET,
+    SQ_CERT_COUNT_LIVE,
+    SQ_STMT_COUNT_
+} sq_stmt_id;
+
+#define SQ_AUDIT_COLS                                                                        \
+    "seq, ts_ms, actor, event, spiffe_id, serial, outcome, reason, details, prev_hash, hash"
+#define SQ_AUTH_COLS                                                                         \
+    "id, kind, state, trust_domain, parent_id, cert_pem, chain_pem, key_ref, not_before, "   \
+    "not_after, upstream, created_at"
+#define SQ_CERT_COLS                                                                         \
+    "serial, spiffe_id, key_fp, not_before, not_after, authority_id, status, issued_at, "    \
+    "cert_pem"
+
+static const char *const sq_sql[SQ_STMT_COUNT_] = {
+    [SQ_BEGIN] = "BEGIN IMMEDIATE",
+    [SQ_COMMIT] = "COMMIT",
+    [SQ_ROLLBACK] = "ROLLBACK",
+    [SQ_SAVEPOINT] = "SAVEPOINT req",
+    [SQ_RELEASE] = "RELEASE req",
+    [SQ_ROLLBACK_TO] = "ROLLBACK TO req",
+    [SQ_AUDIT_HEAD] = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+    [SQ_AUDIT_INSERT] = "INSERT INTO audit_events (" SQ_AUDIT_COLS
+                        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    [SQ_AUDIT_GET] = "SELECT " SQ_AUDIT_COLS " FROM audit_events WHERE seq = ?1",
+    [SQ_AUDIT_ITER] = "SELECT " SQ_AUDIT_COLS " FROM audit_events WHERE seq > ?1 ORDER BY seq",
+    [SQ_AUTH_PUT] = "INSERT INTO authorities (" SQ_AUTH_COLS
+                    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                    " ON CONFLICT (id) DO UPDATE SET kind = excluded.kind,"
+                    " state = excluded.state, trust_domain = excluded.trust_domain,"
+                    " parent_id = excluded.parent_id, cert_pem = excluded.cert_pem,"
+                    " chain_pem = excluded.chain_pem, key_ref = excluded.key_ref,"
+                    " not_before = excluded.not_before, not_after = excluded.not_after,"
+                    " upstream = excluded.upstream, created_at = excluded.created_at",
+    [SQ_AUTH_SET_STATE] = "UPDATE authorities SET state = ?3 WHERE id = ?1 AND state = ?2",
+    [SQ_AUTH_GET_STATE] = "SELECT state FROM authorities WHERE id = ?1",
+    [SQ_AUTH_LIST] = "SELECT " SQ_AUTH_COLS " FROM authorities ORDER BY created_at, rowid",
+    [SQ_CERT_INSERT] = "INSERT INTO certificates (" SQ_CERT_COLS
+                       ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    [SQ_CERT_GET] = "SELECT " SQ_CERT_COLS " FROM certificates WHERE serial = ?1",
+    [SQ_CERT_COUNT_LIVE] = ("SELECT count(*) FROM certificates WHERE authority_id = ?1"
+                            " AND status = 'valid' AND not_after > ?2"),
+};
+
+typedef struct {
+    store_conn base; /* first: the front end sees only this */
+    sqlite3 *db;
+    char *path;
+    int busy_ms;
+    sqlite3_stmt *stmt[SQ_STMT_COUNT_];
+} sq_conn;
+
+static sq_conn *sq(store_conn *c) { return (sq_conn *)c; }
+
+/* ---- the SQLite -> mid_result adapter ------------------------------------------ */
+
+static int sq_ok(int rc) { return rc == SQLITE_OK || rc == SQLITE_ROW || rc == SQLITE_DONE; }
+
+static mid_err sq_map(int rc)
+{
+    switch (rc) {
+    case SQLITE_CONSTRAINT_PRIMARYKEY:
+    case SQLITE_CONSTRAINT_UNIQUE: return MID_E_EXISTS;
+    default: break;
+    }
+    switch (rc & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED: return MID_E_BUSY;
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB: return MID_E_CORRUPT;
+    case SQLITE_NOMEM: return MID_E_NOMEM;
+    case SQLITE_IOERR:
+    case SQLITE_CANTOPEN:
+    case SQLITE_FULL:
+    case SQLITE_READONLY:
+    case SQLITE_PERM: return MID_E_IO;
+    case SQLITE_CONSTRAINT:
+    case SQLITE_MISMATCH:
+    case SQLITE_RANGE: return MID_E_INVALID;
+    case SQLITE_TOOBIG: return MID_E_TOO_LARGE;
+    default: return MID_E_DB;
+    }
+}
+
+static mid_result sq_fail(const sq_conn *c, int rc, const char *file, int line, const char *what)
+{
+    const char *msg = c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc);
+    mid_err e = sq_map(rc);
+    if (e == MID_E_CORRUPT)
+        return mid_fail(e, file, line, "%s: damaged or not a meshid database (%s: %s)", c->path,
+                        what, msg);
+    if (e == MID_E_BUSY)
+        return mid_fail(e, file, line, "%s: %s: %s (gave up after %d ms)", c->path, what, msg,
+                        c->busy_ms);
+    return mid_fail(e, file, line, "%s: %s: %s", c->path, what, msg);
+}
+
+/* SQLITE_OK convention: anything but OK/ROW/DONE fails with the message. */
+#define SQ_GUARD(c, expr, what)                                                              \
+    do {                                                                                     \
+        int sq_rc_ = (expr);                                                                 \
+        if (!sq_ok(sq_rc_)) return sq_fail((c), sq_rc_, __FILE__, __LINE__, (what));         \
+    } while (0)
+
+#define SQ_CHECK(r, c, expr, what)                                                           \
+    do {                                                                                     \
+        int sq_rc_ = (expr);                                                                 \
+        if (!sq_ok(sq_rc_)) {                                                                \
+            (r) = sq_fail((c), sq_rc_, __FILE__, __LINE__, (what));                          \
+            goto out;                                                                        \
+        }                                                                                    \
+    } while (0)
+
+/* The cached statement `id`, reset and unbound (prepared on first use). */
+static MID_RESULT sq_stmt(sq_conn *c, sq_stmt_id id, sqlite3_stmt **out)
+{
+    if (c->stmt[id] == NULL)
+        SQ_GUARD(c, sqlite3_prepare_v3(c->db, sq_sql[id], -1, SQLITE_PREPARE_PERSISTENT,
+                                       &c->stmt[id], NULL),
+                 "prepare");
+    *out = c->stmt[id];
+    return MID_OK_RESULT;
+}
+
+/* Makes a cached statement ready for its next use. */
+static void sq_done(sqlite3_stmt *s)
+{
+    if (s == NULL) return;
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+}
+
+/* Runs a statement that returns no rows. */
+static MID_RESULT sq_exec_cached(sq_conn *c, sq_stmt_id id, const char *what)
+{
+    sqlite3_stmt *s = NULL;
+    MID_GUARD(sq_stmt(c, id, &s));
+    int rc = sqlite3_step(s);
+    sq_done(s);
+    SQ_GUARD(c, rc, what);
+    return MID_OK_RESULT;
+}
+
+static MID_RESULT sq_exec(sq_conn *c, const char *sql, const char *what)
+{
+    SQ_GUARD(c, sqlite3_exec(c->db, sql, NULL, NULL, NULL), what);
+    return MID_OK_RESULT;
+}
+
+/* Runs a single-row, single-column integer query. */
+static MID_RESULT sq_int(sq_conn *c, const char *sql, int64_t *out)
+{
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    SQ_CHECK(r, c, sqlite3_prepare_v2(c->db, sql, -1, &s, NULL), sql);
+    int rc = sqlite3_step(s);
+    SQ_CHECK(r, c, rc, sql);
+    *out = rc == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
+out:
+    sqlite3_finalize(s);
+    return r;
+}
+
+/* Runs a single-row, single-column text query into out ("" for no row). */
+static MID_RESULT sq_text(sq_conn *c, const char *sql, char *out, size_t cap)
+{
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    out[0] = '\0';
+    SQ_CHECK(r, c, sqlite3_prepare_v2(c->db, sql, -1, &s, NULL), sql);
+    int rc = sqlite3_step(s);
+    SQ_CHECK(r, c, rc, sql);
+    if (rc == SQLITE_ROW && sqlite3_column_text(s, 0) != NULL)
+        snprintf(out, cap, "%s", (const char *)sqlite3_column_text(s, 0));
+out:
+    sqlite3_finalize(s);
+    return r;
+}
+
+/* ---- lifecycle ---------------------------------------------------------------- */
+
+static void sq_close(store_conn *cc)
+{
+    sq_conn *c = sq(cc);
+    if (c == NULL) return;
+    for (int i = 0; i < SQ_STMT_COUNT_; i++) sqlite3_finalize(c->stmt[i]);
+    if (c->db != NULL && sqlite3_close(c->db) != SQLITE_OK)
+        sqlite3_close_v2(c->db); /* should not happen: every statement is finalized */
+    free(c->path);
+    free(c);
+}
+
+/* Creates the file 0600 before SQLite does (it would use 0644 and give the
+ * -wal and -shm files the same mode). An existing file is left alone. */
+static MID_RESULT sq_precreate(const char *path)
+{
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    MID_ENSURE(fd >= 0, MID_E_IO, "%s: cannot open or create the database file", path);
+    close(fd);
+    return MID_OK_RESULT;
+}
+
+/* PRAGMA quick_check: structure of every b-tree, in one line on failure. */
+static MID_RESULT sq_quick_check(sq_conn *c)
+{
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    SQ_CHECK(r, c, sqlite3_prepare_v2(c->db, "PRAGMA quick_check(1)", -1, &s, NULL), "quick_check");
+    int rc = sqlite3_step(s);
+    SQ_CHECK(r, c, rc, "quick_check");
+    const char *res = rc == SQLITE_ROW ? (const char *)sqlite3_column_text(s, 0) : NULL;
+    if (res == NULL || strcmp(res, "ok") != 0) {
+        char line[200]; /* quick_check reports span lines; keep the message on one */
+        snprintf(line, sizeof line, "%s", res ? res : "no result");
+        for (char *p = line; *p; p++)
+            if (*p == '\n' || *p == '\r') *p = ' ';
+        r = mid_fail(MID_E_CORRUPT, __FILE__, __LINE__, "%s: damaged database (quick_check: %s)",
+                     c->path, line);
+    }
+out:
+    sqlite3_finalize(s);
+    return r;
+}
+
+/* Refuses files that are not ours before anything is written to them, and
+ * checks the structure of ours. */
+static MID_RESULT sq_check_identity(sq_conn *c)
+{
+    int64_t app_id = 0, version = 0, objects = 0;
+    MID_GUARD(sq_int(c, "PRAGMA application_id", &app_id));
+    MID_GUARD(sq_int(c, "PRAGMA user_version", &version));
+    MID_GUARD(sq_int(c, "SELECT count(*) FROM sqlite_schema", &objects));
+    if (app_id == 0 && version == 0 && objects == 0) return MID_OK_RESULT; /* new */
+    MID_ENSURE(app_id == SQ_APPLICATION_ID, MID_E_CORRUPT,
+               "%s: not a meshid database (SQLite file with application_id 0x%llx and %lld "
+               "schema objects)",
+               c->path, (unsigned long long)app_id, (long long)objects);
+    return sq_quick_check(c);
+}
+
+static MID_RESULT sq_open_conn(const char *target, const store_options *opts, store_conn_role role,
+                               sq_conn *c)
+{
+    int writer = role == STORE_CONN_WRITER;
+    c->path = strdup(target);
+    MID_ENSURE_MEM(c->path);
+    if (writer) MID_GUARD(sq_precreate(target));
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE;
+    SQ_GUARD(c, sqlite3_open_v2(target, &c->db, flags, NULL), "open");
+    c->busy_ms = opts->busy_timeout_ms;
+    SQ_GUARD(c, sqlite3_busy_timeout(c->db, opts->busy_timeout_ms), "busy_timeout");
+    if (!writer) {
+        MID_GUARD(sq_exec(c, "PRAGMA query_only = ON", "query_only"));
+        return MID_OK_RESULT;
+    }
+    MID_GUARD(sq_check_identity(c));
+    char mode[16];
+    MID_GUARD(sq_text(c, "PRAGMA journal_mode = WAL", mode, sizeof mode));
+    MID_ENSURE(strcmp(mode, "wal") == 0, MID_E_IO,
+               "%s: cannot switch the database to WAL mode (journal_mode is %s)", c->path, mode);
+    MID_GUARD(sq_exec(c, "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON",
+                      "durability settings"));
+    return MID_OK_RESULT;
+}
+
+static MID_RESULT sq_open(const char *target, const store_options *opts, store_conn_role role,
+                          store_conn **out)
+{
+    sq_conn *c = calloc(1, sizeof *c);
+    MID_ENSURE_MEM(c);
+    c->base.vt = &store_backend_sqlite;
+    mid_result r = sq_open_conn(target, opts, role, c);
+    if (!mid_is_ok(r)) {
+        sq_close(&c->base);
+        return r;
+    }
+    *out = &c->base;
+    return MID_OK_RESULT;
+}
+
+/* Applies migration `v` (1-based) inside the open transaction. */
+static MID_RESULT sq_apply_migration(sq_conn *c, int v)
+{
+    const sq_migration *m = &migrations[v - 1];
+    char sql[160];
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    MID_TRY(r, sq_exec(c, m->sql, "migration"));
+    SQ_CHECK(r, c,
+             sqlite3_prepare_v2(c->db,
+                                "INSERT INTO schema_migrations (version, description, applied_at)"
+                                " VALUES (?1, ?2, ?3)",
+                                -1, &s, NULL),
+             "record migration");
+    sqlite3_bind_int(s, 1, m->version);
+    sqlite3_bind_text(s, 2, m->description, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 3, time_now());
+    SQ_CHECK(r, c, sqlite3_step(s), "record migration");
+    /* PRAGMA takes no parameters; the values are integers we control. */
+    snprintf(sql, sizeof sql, "PRAGMA user_version = %d; PRAGMA application_id = %d", m->version,
+             SQ_APPLICATION_ID);
+    MID_TRY(r, sq_exec(c, sql, "set schema version"));
+out:
+    sqlite3_finalize(s);
+    return r;
+}
+
+/* One migration step in its own transaction, the version read under the
+ * write lock so that processes opening the same file at once migrate it only
+ * once. Sets *version and *done (1 when already at the latest version). */
+static MID_RESULT sq_migrate_step(sq_conn *c, int *version, int *done)
+{
+    mid_result r = MID_OK_RESULT;
+    int64_t v = 0;
+    *done = 0;
+    MID_TRY(r, sq_exec_cached(c, SQ_BEGIN, "begin migration"));
+    MID_TRY(r, sq_int(c, "PRAGMA user_version", &v));
+    MID_CHECK(r, v <= SQ_SCHEMA_LATEST, MID_E_STATE,
+              "%s: schema version %lld is newer than this meshid supports (%d); upgrade meshid",
+              c->path, (long long)v, SQ_SCHEMA_LATEST);
+    MID_CHECK(r, v >= 0, MID_E_CORRUPT, "%s: negative schema version %lld", c->path,
+              (long long)v);
+    if (v < SQ_SCHEMA_LATEST) {
+        MID_TRY(r, sq_apply_migration(c, (int)v + 1));
+        v++;
+        LOG_INFO("%s: migrated the schema to version %lld", c->path, (long long)v);
+    } else {
+        *done = 1;
+    }
+    MID_TRY(r, sq_exec_cached(c, SQ_COMMIT, "commit migration"));
+    *version = (int)v;
+out:
+    if (!mid_is_ok(r) && !sqlite3_get_autocommit(c->db))
+        (void)sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+    return r;
+}
+
+static MID_RESULT sq_migrate(store_conn *cc, int *version)
+{
+    sq_conn *c = sq(cc);
+    /* The first BEGIN IMMEDIATE also proves the file is writable now:
+     * locked beyond the busy timeout -> MID_E_BUSY at open. */
+    for (int done = 0; !done;) MID_GUARD(sq_migrate_step(c, version, &done));
+    return MID_OK_RESULT;
+}
+
+/* ---- transactions --------------------------------------------------------------- */
+
+static MID_RESULT sq_begin(store_conn *c) { return sq_exec_cached(sq(c), SQ_BEGIN, "begin"); }
+static MID_RESULT sq_commit(store_conn *c) { return sq_exec_cached(sq(c), SQ_COMMIT, "commit"); }
+
+static MID_RESULT sq_rollback(store_conn *cc)
+{
+    sq_conn *c = sq(cc);
+    if (sqlite3_get_autocommit(c->db)) return MID_OK_RESULT; /* nothing open */
+    return sq_exec_cached(c, SQ_ROLLBACK, "rollback");
+}
+
+static MID_RESULT sq_savepoint(store_conn *c)
+{
+    return sq_exec_cached(sq(c), SQ_SAVEPOINT, "savepoint");
+}
+
+static MID_RESULT sq_release(store_conn *c) { return sq_exec_cached(sq(c), SQ_RELEASE, "release"); }
+
+static MID_RESULT sq_rollback_to(store_conn *cc)
+{
+    sq_conn *c = sq(cc);
+    MID_GUARD(sq_exec_cached(c, SQ_ROLLBACK_TO, "rollback to savepoint"));
+    return sq_exec_cached(c, SQ_RELEASE, "release savepoint");
+}
+
+/* ---- audit events --------------------------------------------------------------- */
+
+static const char *col_text(sqlite3_stmt *s, int i)
+{
+    return (const char *)sqlite3_column_text(s, i);
+}
+
+/* Borrows the current row of an SQ_AUDIT_COLS statement. */
+static void read_audit(sqlite3_stmt *s, store_audit_event *ev, int *hashes_ok)
+{
+    memset(ev, 0, sizeof *ev);
+    ev->seq = sqlite3_column_int64(s, 0);
+    ev->ts_ms = sqlite3_column_int64(s, 1);
+    ev->actor = col_text(s, 2);
+    ev->event = col_text(s, 3);
+    ev->spiffe_id = col_text(s, 4);
+    ev->serial = col_text(s, 5);
+    ev->outcome = col_text(s, 6);
+    ev->reason = col_text(s, 7);
+    ev->details = col_text(s, 8);
+    int a = audit_hex_decode(col_text(s, 9), ev->prev_hash);
+    int b = audit_hex_decode(col_text(s, 10), ev->hash);
+    *hashes_ok = a && b;
+}
+
+static MID_RESULT sq_audit_head(store_conn *cc, int64_t *seq, uint8_t hash[STORE_HASH_LEN])
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    MID_TRY(r, sq_stmt(c, SQ_AUDIT_HEAD, &s));
+    int rc = sqlite3_step(s);
+    SQ_CHECK(r, c, rc, "read audit head");
+    *seq = 0;
+    memset(hash, 0, STORE_HASH_LEN);
+    if (rc == SQLITE_ROW) {
+        *seq = sqlite3_column_int64(s, 0);
+        MID_CHECK(r, audit_hex_decode(col_text(s, 1), hash), MID_E_CORRUPT,
+                  "%s: audit event %lld has a malformed hash", c->path, (long long)*seq);
+    }
+out:
+    sq_done(s);
+    return r;
+}
+
+static MID_RESULT sq_audit_insert(store_conn *cc, const store_audit_event *ev)
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    char prev[AUDIT_HEX_LEN + 1], hash[AUDIT_HEX_LEN + 1];
+    audit_hex_encode(ev->prev_hash, prev);
+    audit_hex_encode(ev->hash, hash);
+    MID_TRY(r, sq_stmt(c, SQ_AUDIT_INSERT, &s));
+    sqlite3_bind_int64(s, 1, ev->seq);
+    sqlite3_bind_int64(s, 2, ev->ts_ms);
+    sqlite3_bind_text(s, 3, ev->actor, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 4, ev->event, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 5, ev->spiffe_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 6, ev->serial, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 7, ev->outcome, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 8, ev->reason, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 9, ev->details, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 10, prev, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 11, hash, -1, SQLITE_STATIC);
+    SQ_CHECK(r, c, sqlite3_step(s), "insert audit event");
+out:
+    sq_done(s);
+    return r;
+}
+
+static MID_RESULT sq_audit_get(store_conn *cc, int64_t seq, store_audit_row *out)
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    store_audit_event ev;
+    int hashes_ok;
+    MID_TRY(r, sq_stmt(c, SQ_AUDIT_GET, &s));
+    sqlite3_bind_int64(s, 1, seq);
+    int rc = sqlite3_step(s);
+    SQ_CHECK(r, c, rc, "read audit event");
+    MID_CHECK(r, rc == SQLITE_ROW, MID_E_NOT_FOUND, "no audit event with seq %lld",
+              (long long)seq);
+    read_audit(s, &ev, &hashes_ok);
+    MID_TRY(r, store_audit_row_copy(&ev, out));
+out:
+    sq_done(s);
+    return r;
+}
+
+/* Steps a SQ_AUDIT_COLS statement to the end, or until fn asks to stop. */
+static MID_RESULT sq_audit_walk(sq_conn *c, sqlite3_stmt *s, store_audit_row_fn fn, void *ctx)
+{
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        store_audit_event ev;
+        int hashes_ok;
+        read_audit(s, &ev, &hashes_ok);
+        if (fn(ctx, &ev, hashes_ok) != 0) return MID_OK_RESULT;
+    }
+    SQ_GUARD(c, rc, "read audit events");
+    return MID_OK_RESULT;
+}
+
+static MID_RESULT sq_audit_iterate(store_conn *cc, int64_t after_seq, store_audit_row_fn fn,
+                                   void *ctx)
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    MID_TRY(r, sq_stmt(c, SQ_AUDIT_ITER, &s));
+    sqlite3_bind_int64(s, 1, after_seq);
+    MID_TRY(r, sq_audit_walk(c, s, fn, ctx));
+out:
+    sq_done(s);
+    return r;
+}
+
+/* Appends to a bounded SQL buffer; the fragments are constants. */
+static MID_RESULT sql_add(char *buf, size_t cap, size_t *len, const char *frag)
+{
+    int n = snprintf(buf + *len, cap - *len, "%s", frag);
+    MID_ENSURE(n >= 0 && (size_t)n < cap - *len, MID_E_INTERNAL, "audit query too long");
+    *len += (size_t)n;
+    return MID_OK_RESULT;
+}
+
+static MID_RESULT sq_audit_query(store_conn *cc, const store_audit_filter *f,
+                                 store_audit_row_fn fn, void *ctx)
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    char sql[1024];
+    size_t len = 0;
+    int limit = f->limit > 0;
+    /* Only the filters in use appear, so SQLite can pick an index. */
+    if (limit) MID_TRY(r, sql_add(sql, sizeof sql, &len, "SELECT * FROM ("));
+    MID_TRY(r, sql_add(sql, sizeof sql, &len,
+                       "SELECT " SQ_AUDIT_COLS " FROM audit_events WHERE seq > ?1"));
+    if (f->since_ms > 0) MID_TRY(r, sql_add(sql, sizeof sql, &len, " AND ts_ms >= ?2"));
+    if (f->until_ms > 0) MID_TRY(r, sql_add(sql, sizeof sql, &len, " AND ts_ms < ?3"));
+    if (f->spiffe_id) MID_TRY(r, sql_add(sql, sizeof sql, &len, " AND spiffe_id = ?4"));
+    if (f->event) MID_TRY(r, sql_add(sql, sizeof sql, &len, " AND event = ?5"));
+    if (f->outcome) MID_TRY(r, sql_add(sql, sizeof sql, &len, " AND outcome = ?6"));
+    if (limit)
+        MID_TRY(r, sql_add(sql, sizeof sql, &len, " ORDER BY seq DESC LIMIT ?7) ORDER BY seq"));
+    else
+        MID_TRY(r, sql_add(sql, sizeof sql, &len, " ORDER BY seq"));
+
+    SQ_CHECK(r, c, sqlite3_prepare_v2(c->db, sql, -1, &s, NULL), "prepare audit query");
+    sqlite3_bind_int64(s, 1, f->after_seq);
+    if (f->since_ms > 0) sqlite3_bind_int64(s, 2, f->since_ms);
+    if (f->until_ms > 0) sqlite3_bind_int64(s, 3, f->until_ms);
+    if (f->spiffe_id) sqlite3_bind_text(s, 4, f->spiffe_id, -1, SQLITE_STATIC);
+    if (f->event) sqlite3_bind_text(s, 5, f->event, -1, SQLITE_STATIC);
+    if (f->outcome) sqlite3_bind_text(s, 6, f->outcome, -1, SQLITE_STATIC);
+    if (limit) sqlite3_bind_int64(s, 7, f->limit);
+    MID_TRY(r, sq_audit_walk(c, s, fn, ctx));
+out:
+    sqlite3_finalize(s);
+    return r;
+}
+
+/* ---- authorities ------------------------------------------------------------------ */
+
+static MID_RESULT sq_authority_put(store_conn *cc, const store_authority *a)
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    MID_TRY(r, sq_stmt(c, SQ_AUTH_PUT, &s));
+    sqlite3_bind_text(s, 1, a->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, a->kind, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 3, a->state, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 4, a->trust_domain, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 5, a->parent_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 6, a->cert_pem, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 7, a->chain_pem ? a->chain_pem : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 8, a->key_ref ? a->key_ref : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 9, a->not_before);
+    sqlite3_bind_int64(s, 10, a->not_after);
+    sqlite3_bind_int(s, 11, a->upstream);
+    sqlite3_bind_int64(s, 12, a->created_at);
+    int rc = sqlite3_step(s);
+    MID_CHECK(r, rc != SQLITE_CONSTRAINT_FOREIGNKEY, MID_E_INVALID,
+              "%s: authority %s: parent authority %s does not exist", c->path, a->id,
+              a->parent_id ? a->parent_id : "(null)");
+    SQ_CHECK(r, c, rc, "store authority");
+out:
+    sq_done(s);
+    return r;
+}
+
+static MID_RESULT sq_authority_set_state(store_conn *cc, const char *id, const char *from_state,
+                                         const char *to_state)
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    MID_TRY(r, sq_stmt(c, SQ_AUTH_SET_STATE, &s));
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, from_state, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 3, to_state, -1, SQLITE_STATIC);
+    SQ_CHECK(r, c, sqlite3_step(s), "change authority state");
+    if (sqlite3_changes(c->db) == 1) goto out;
+    /* Nothing changed: tell a missing authority from one in another state. */
+    sq_done(s);
+    MID_TRY(r, sq_stmt(c, SQ_AUTH_GET_STATE, &s));
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    SQ_CHECK(r, c, rc, "read authority state");
+    MID_CHECK(r, rc == SQLITE_ROW, MID_E_NOT_FOUND, "no authority %s", id);
+    r = mid_fail(MID_E_STATE, __FILE__, __LINE__, "authority %s is %s, not %s", id,
+                 col_text(s, 0), from_state);
+out:
+    sq_done(s);
+    return r;
+}
+
+static MID_RESULT sq_authority_list(store_conn *cc, store_authority_row **rows, size_t *n)
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    store_authority_row *v = NULL;
+    size_t len = 0, cap = 0;
+    int rc;
+    MID_TRY(r, sq_stmt(c, SQ_AUTH_LIST, &s));
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if (len == cap) {
+            size_t ncap = cap ? cap * 2 : 8;
+            store_authority_row *nv = realloc(v, ncap * sizeof *nv);
+            MID_CHECK_MEM(r, nv);
+            v = nv;
+            cap = ncap;
+        }
+        store_authority a = {
+            .id = col_text(s, 0),
+            .kind = col_text(s, 1),
+            .state = col_text(s, 2),
+            .trust_domain = col_text(s, 3),
+            .parent_id = col_text(s, 4),
+            .cert_pem = col_text(s, 5),
+            .chain_pem = col_text(s, 6),
+            .key_ref = col_text(s, 7),
+            .not_before = sqlite3_column_int64(s, 8),
+            .not_after = sqlite3_column_int64(s, 9),
+            .upstream = sqlite3_column_int(s, 10),
+            .created_at = sqlite3_column_int64(s, 11),
+        };
+        MID_TRY(r, store_authority_row_copy(&a, &v[len]));
+        len++;
+    }
+    SQ_CHECK(r, c, rc, "list authorities");
+    *rows = v;
+    *n = len;
+    v = NULL;
+out:
+    sq_done(s);
+    if (v != NULL) store_authority_list_free(v, len);
+    return r;
+}
+
+/* ---- certificates ----------------------------------------------------------------- */
+
+static MID_RESULT sq_cert_insert(store_conn *cc, const store_cert *ct)
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    MID_TRY(r, sq_stmt(c, SQ_CERT_INSERT, &s));
+    sqlite3_bind_text(s, 1, ct->serial, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, ct->spiffe_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 3, ct->key_fp, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 4, ct->not_before);
+    sqlite3_bind_int64(s, 5, ct->not_after);
+    sqlite3_bind_text(s, 6, ct->authority_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 7, ct->status, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 8, ct->issued_at);
+    sqlite3_bind_text(s, 9, ct->cert_pem, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    MID_CHECK(r, rc != SQLITE_CONSTRAINT_PRIMARYKEY, MID_E_EXISTS,
+              "certificate serial %s already exists", ct->serial);
+    MID_CHECK(r, rc != SQLITE_CONSTRAINT_FOREIGNKEY, MID_E_INVALID,
+              "certificate %s: authority %s does not exist", ct->serial, ct->authority_id);
+    SQ_CHECK(r, c, rc, "insert certificate");
+out:
+    sq_done(s);
+    return r;
+}
+
+static MID_RESULT sq_cert_get(store_conn *cc, const char *serial, store_cert_row *out)
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    MID_TRY(r, sq_stmt(c, SQ_CERT_GET, &s));
+    sqlite3_bind_text(s, 1, serial, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    SQ_CHECK(r, c, rc, "read certificate");
+    MID_CHECK(r, rc == SQLITE_ROW, MID_E_NOT_FOUND, "no certificate with serial %.128s", serial);
+    store_cert ct = {
+        .serial = col_text(s, 0),
+        .spiffe_id = col_text(s, 1),
+        .key_fp = col_text(s, 2),
+        .not_before = sqlite3_column_int64(s, 3),
+        .not_after = sqlite3_column_int64(s, 4),
+        .authority_id = col_text(s, 5),
+        .status = col_text(s, 6),
+        .issued_at = sqlite3_column_int64(s, 7),
+        .cert_pem = col_text(s, 8),
+    };
+    MID_TRY(r, store_cert_row_copy(&ct, out));
+out:
+    sq_done(s);
+    return r;
+}
+
+static MID_RESULT sq_cert_count_live(store_conn *cc, const char *authority_id, int64_t now,
+                                     int64_t *n)
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    MID_TRY(r, sq_stmt(c, SQ_CERT_COUNT_LIVE, &s));
+    sqlite3_bind_text(s, 1, authority_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, now);
+    SQ_CHECK(r, c, sqlite3_step(s), "count certificates");
+    *n = sqlite3_column_int64(s, 0);
+out:
+    sq_done(s);
+    return r;
+}
+
+const store_backend store_backend_sqlite = {
+    .name = "sqlite",
+    .prefix = "sqlite:",
+    .open = sq_open,
+    .close = sq_close,
+    .migrate = sq_migrate,
+    .begin_immediate = sq_begin,
+    .commit = sq_commit,
+    .rollback = sq_rollback,
+    .savepoint = sq_savepoint,
+    .release = sq_release,
+    .rollback_to = sq_rollback_to,
+    .audit_head = sq_audit_head,
+    .audit_insert = sq_audit_insert,
+    .audit_get = sq_audit_get,
+    .audit_iterate = sq_audit_iterate,
+    .audit_query = sq_audit_query,
+    .authority_put = sq_authority_put,
+    .authority_set_state = sq_authority_set_state,
+    .authority_list = sq_authority_list,
+    .cert_insert = sq_cert_insert,
+    .cert_get = sq_cert_get,
+    .cert_count_live = sq_cert_count_live,
+};

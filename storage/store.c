@@ -1,0 +1,815 @@
+/* The store front end: validation, backend wrappers, the writer thread with
+ * group commit, and the audit chain on top of any backend (store_int.h).
+ *
+ * Write path: a caller validates its input on its own thread, puts a request
+ * (living on its stack) in a bounded queue and sleeps on the request's
+ * condition variable. The writer takes up to max_batch requests, opens one
+ * write transaction, reads the audit head inside it, applies each request in
+ * its own savepoint (a failing one is rolled back alone), commits, and only
+ * then wakes every caller with its own result. See docs/storage.md.
+ */
+#include "storage/store.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/log.h"
+#include "lib/timeutil.h"
+#include "storage/audit.h"
+#include "storage/store_int.h"
+
+#define STORE_BUSY_TIMEOUT_DEFAULT 5000
+#define STORE_MAX_BATCH_DEFAULT 256
+#define STORE_MAX_BATCH_LIMIT 4096
+#define STORE_QUEUE_MIN 64
+#define STORE_ERRMSG_MAX 1024
+#define STORE_IDLE_READERS 4 /* read connections kept open between reads */
+
+static const store_backend *const backends[] = {&store_backend_sqlite};
+
+typedef enum { REQ_AUDIT, REQ_AUTHORITY_PUT, REQ_AUTHORITY_STATE, REQ_CERT_INSERT } req_kind;
+
+/* An error carried from the writer thread to the caller's thread. */
+typedef struct {
+    mid_err err;
+    const char *file; /* __FILE__ literals: static storage */
+    int line;
+    char msg[STORE_ERRMSG_MAX];
+} carried_err;
+
+typedef struct {
+    req_kind kind;
+    store_authority auth; /* REQ_AUTHORITY_PUT, defaults applied */
+    store_cert cert;      /* REQ_CERT_INSERT, defaults applied */
+    const char *id, *from_state, *to_state; /* REQ_AUTHORITY_STATE */
+    int has_ev;
+    store_audit_event ev; /* normalized; seq, ts_ms and hashes set when applied */
+    /* filled by the writer, read by the caller after done */
+    int done;
+    pthread_cond_t cv;
+    carried_err res;
+} store_req;
+
+struct store {
+    const store_backend *vt;
+    store_conn *wconn; /* writer thread only (and store_open before it starts) */
+    char *target;        /* location without its prefix, to open more readers */
+    store_options opts;
+    pthread_mutex_t rmu; /* guards the idle reader connections */
+    store_conn *idle[STORE_IDLE_READERS];
+    size_t nidle;
+    int version;
+    int max_batch;
+
+    pthread_mutex_t mu; /* guards everything below */
+    pthread_cond_t cv_work, cv_space, cv_idle;
+    store_req **queue;
+    size_t qcap, qhead, qlen;
+    size_t inflight; /* callers inside submit() */
+    int stopping, paused;
+    store_stats stats;
+    pthread_t writer;
+    store_req **batch; /* writer-owned scratch, max_batch entries */
+
+    atomic_int fault_nth[STORE_FAULT_COUNT_];
+    atomic_int fault_err[STORE_FAULT_COUNT_];
+};
+
+/* ---- carried errors ------------------------------------------------------- */
+
+static void carry_current(carried_err *c)
+{
+    c->err = mid_errcode();
+    if (c->err == MID_E_OK) c->err = MID_E_INTERNAL;
+    c->file = mid_errfile();
+    c->line = mid_errline();
+    snprintf(c->msg, sizeof c->msg, "%s", mid_errmsg());
+}
+
+static mid_result raise_carried(const carried_err *c)
+{
+    return mid_fail(c->err, c->file, c->line, "%s", c->msg);
+}
+
+/* ---- backend wrappers: the one place faults are injected --------------------- */
+
+static const char *fault_name(store_fault_point p)
+{
+    switch (p) {
+    case STORE_FAULT_BEGIN: return "begin";
+    case STORE_FAULT_APPLY: return "apply";
+    case STORE_FAULT_COMMIT: return "commit";
+    case STORE_FAULT_COUNT_: break;
+    }
+    return "?";
+}
+
+static MID_RESULT fault_check(store *st, store_fault_point p)
+{
+    if (atomic_load(&st->fault_nth[p]) <= 0) return MID_OK_RESULT;
+    if (atomic_fetch_sub(&st->fault_nth[p], 1) != 1) return MID_OK_RESULT;
+    MID_BAIL((mid_err)atomic_load(&st->fault_err[p]), "injected fault (%s)", fault_name(p));
+}
+
+static MID_RESULT be_begin(store *st)
+{
+    MID_GUARD(fault_check(st, STORE_FAULT_BEGIN));
+    return st->vt->begin_immediate(st->wconn);
+}
+
+static MID_RESULT be_commit(store *st)
+{
+    MID_GUARD(fault_check(st, STORE_FAULT_COMMIT));
+    return st->vt->commit(st->wconn);
+}
+
+static MID_RESULT be_rollback(store *st) { return st->vt->rollback(st->wconn); }
+static MID_RESULT be_savepoint(store *st) { return st->vt->savepoint(st->wconn); }
+static MID_RESULT be_release(store *st) { return st->vt->release(st->wconn); }
+static MID_RESULT be_rollback_to(store *st) { return st->vt->rollback_to(st->wconn); }
+
+static MID_RESULT be_write_head(store *st, int64_t *seq, uint8_t hash[STORE_HASH_LEN])
+{
+    return st->vt->audit_head(st->wconn, seq, hash);
+}
+
+static MID_RESULT be_apply(store *st, const store_req *rq)
+{
+    MID_GUARD(fault_check(st, STORE_FAULT_APPLY));
+    switch (rq->kind) {
+    case REQ_AUDIT: return MID_OK_RESULT;
+    case REQ_AUTHORITY_PUT: return st->vt->authority_put(st->wconn, &rq->auth);
+    case REQ_AUTHORITY_STATE:
+        return st->vt->authority_set_state(st->wconn, rq->id, rq->from_state, rq->to_state);
+    case REQ_CERT_INSERT: return st->vt->cert_insert(st->wconn, &rq->cert);
+    }
+    MID_BAIL(MID_E_INTERNAL, "unknown store request kind %d", (int)rq->kind);
+}
+
+static MID_RESULT be_audit_insert(store *st, const store_audit_event *ev)
+{
+    return st->vt->audit_insert(st->wconn, ev);
+}
+
+/* ---- the writer --------------------------------------------------------------- */
+
+/* Applies one request inside its savepoint. On success the head advances to
+ * the request's event. On a request error the savepoint is undone, the
+ * error is stored in rq->res and OK is returned; a non-OK return means the
+ * transaction itself is in doubt and the batch must be abandoned. */
+static MID_RESULT apply_one(store *st, store_req *rq, int64_t *head_seq,
+                            uint8_t head_hash[STORE_HASH_LEN])
+{
+    MID_GUARD(be_savepoint(st));
+    mid_result r = be_apply(st, rq);
+    if (mid_is_ok(r) && rq->has_ev) {
+        rq->ev.seq = *head_seq + 1;
+        if (rq->ev.ts_ms == 0) rq->ev.ts_ms = time_now_ms();
+        memcpy(rq->ev.prev_hash, head_hash, STORE_HASH_LEN);
+        r = audit_hash(&rq->ev, head_hash, rq->ev.hash);
+        if (mid_is_ok(r)) r = be_audit_insert(st, &rq->ev);
+    }
+    if (mid_is_ok(r)) r = be_release(st);
+    if (!mid_is_ok(r)) {
+        carry_current(&rq->res);
+        MID_GUARD(be_rollback_to(st));
+        return MID_OK_RESULT;
+    }
+    if (rq->has_ev) {
+        *head_seq = rq->ev.seq;
+        memcpy(head_hash, rq->ev.hash, STORE_HASH_LEN);
+    }
+    return MID_OK_RESULT;
+}
+
+/* Fails every request of the batch that has no error of its own yet. */
+static void fail_pending(store_req **b, size_t n, const carried_err *e)
+{
+    for (size_t i = 0; i < n; i++)
+        if (b[i]->res.err == MID_E_OK) b[i]->res = *e;
+}
+
+/* One group commit. Returns 1 when the batch committed. */
+static int run_batch(store *st, store_req **b, size_t n)
+{
+    carried_err e;
+    int64_t head_seq = 0;
+    uint8_t head_hash[STORE_HASH_LEN];
+
+    for (size_t i = 0; i < n; i++) b[i]->res.err = MID_E_OK;
+    mid_result r = be_begin(st);
+    int in_txn = mid_is_ok(r);
+    if (in_txn) r = be_write_head(st, &head_seq, head_hash);
+    for (size_t i = 0; i < n && mid_is_ok(r); i++) r = apply_one(st, b[i], &head_seq, head_hash);
+    if (mid_is_ok(r)) r = be_commit(st);
+    if (mid_is_ok(r)) return 1;
+
+    carry_current(&e);
+    LOG_WARN("store: batch of %zu write(s) failed: %s", n, e.msg);
+    if (in_txn && !mid_is_ok(be_rollback(st)))
+        LOG_ERROR("store: rollback failed: %s", mid_errmsg());
+    /* Nothing of this batch is durable: requests that applied fail with the
+     * batch's error, those that failed on their own keep theirs. */
+    fail_pending(b, n, &e);
+    return 0;
+}
+
+static void *writer_main(void *arg)
+{
+    store *st = arg;
+    pthread_mutex_lock(&st->mu);
+    for (;;) {
+        while (!st->stopping && (st->qlen == 0 || st->paused))
+            pthread_cond_wait(&st->cv_work, &st->mu);
+        if (st->qlen == 0) break; /* stopping and drained */
+        size_t n = st->qlen < (size_t)st->max_batch ? st->qlen : (size_t)st->max_batch;
+        for (size_t i = 0; i < n; i++) {
+            st->batch[i] = st->queue[st->qhead];
+            st->qhead = (st->qhead + 1) % st->qcap;
+        }
+        st->qlen -= n;
+        pthread_cond_broadcast(&st->cv_space);
+        pthread_mutex_unlock(&st->mu);
+
+        int committed = run_batch(st, st->batch, n);
+
+        pthread_mutex_lock(&st->mu);
+        st->stats.writes += n;
+        if (committed)
+            st->stats.transactions++;
+        else
+            st->stats.commit_failures++;
+        if (n > st->stats.max_batch_seen) st->stats.max_batch_seen = n;
+        for (size_t i = 0; i < n; i++) {
+            store_req *rq = st->batch[i];
+            if (rq->res.err != MID_E_OK) st->stats.writes_failed++;
+            rq->done = 1;
+            pthread_cond_signal(&rq->cv); /* rq may vanish once mu is released */
+        }
+    }
+    pthread_mutex_unlock(&st->mu);
+    return NULL;
+}
+
+/* Queues rq and blocks until the writer has committed (or failed) it.
+ * Re-raises the writer's error on this thread. */
+static MID_RESULT submit(store *st, store_req *rq)
+{
+    MID_ENSURE(pthread_cond_init(&rq->cv, NULL) == 0, MID_E_NOMEM, "cannot create a condvar");
+    rq->done = 0;
+    rq->res.err = MID_E_OK;
+
+    pthread_mutex_lock(&st->mu);
+    st->inflight++;
+    while (st->qlen == st->qcap && !st->stopping) pthread_cond_wait(&st->cv_space, &st->mu);
+    int refused = st->stopping;
+    if (!refused) {
+        st->queue[(st->qhead + st->qlen) % st->qcap] = rq;
+        st->qlen++;
+        pthread_cond_signal(&st->cv_work);
+        while (!rq->done) pthread_cond_wait(&rq->cv, &st->mu);
+    }
+    st->inflight--;
+    if (st->inflight == 0 && st->stopping) pthread_cond_broadcast(&st->cv_idle);
+    pthread_mutex_unlock(&st->mu);
+    pthread_cond_destroy(&rq->cv);
+
+    MID_ENSURE(!refused, MID_E_STATE, "store is closing");
+    if (rq->res.err != MID_E_OK) return raise_carried(&rq->res);
+    return MID_OK_RESULT;
+}
+
+/* ---- input validation (on the caller's thread) ---------------------------------- */
+
+static MID_RESULT check_str(const char *what, const char *s, size_t max, int required)
+{
+    if (s == NULL) {
+        MID_ENSURE(!required, MID_E_INVALID, "%s is required", what);
+        return MID_OK_RESULT;
+    }
+    size_t n = strnlen(s, max + 1);
+    MID_ENSURE(!required || n > 0, MID_E_INVALID, "%s must not be empty", what);
+    MID_ENSURE(n <= max, MID_E_TOO_LARGE, "%s is longer than %zu bytes", what, max);
+    return MID_OK_RESULT;
+}
+
+/* Lowercase hex of length min..max (required). */
+static MID_RESULT check_hex(const char *what, const char *s, size_t min, size_t max)
+{
+    MID_ENSURE(s != NULL, MID_E_INVALID, "%s is required", what);
+    size_t n = strnlen(s, max + 1);
+    MID_ENSURE(n >= min && n <= max, MID_E_INVALID, "%s must be %zu to %zu hex digits", what, min,
+               max);
+    for (size_t i = 0; i < n; i++)
+        MID_ENSURE((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'), MID_E_INVALID,
+                   "%s must be lowercase hex", what);
+    return MID_OK_RESULT;
+}
+
+static MID_RESULT check_one_of(const char *what, const char *s, const char *const *allowed)
+{
+    MID_ENSURE(s != NULL, MID_E_INVALID, "%s is required", what);
+    for (size_t i = 0; allowed[i] != NULL; i++)
+        if (strcmp(s, allowed[i]) == 0) return MID_OK_RESULT;
+    MID_BAIL(MID_E_INVALID, "%s '%.64s' is not allowed", what, s);
+}
+
+static const char *const authority_kinds[] = {"root", "intermediate", NULL};
+static const char *const authority_states[] = {"prepared", "active", "old",     "tainted",
+                                               "revoked",  "removed", NULL};
+static const char *const cert_statuses[] = {"valid", "revoked", NULL};
+
+static MID_RESULT check_authority(const store_authority *a)
+{
+    MID_ENSURE(a != NULL, MID_E_INVALID, "authority is required");
+    MID_GUARD(check_hex("authority id", a->id, 1, 128));
+    MID_GUARD(check_one_of("authority kind", a->kind, authority_kinds));
+    MID_GUARD(check_one_of("authority state", a->state, authority_states));
+    MID_GUARD(check_str("authority trust_domain", a->trust_domain, STORE_TEXT_MAX, 1));
+    if (a->parent_id != NULL) MID_GUARD(check_hex("authority parent_id", a->parent_id, 1, 128));
+    MID_GUARD(check_str("authority cert_pem", a->cert_pem, STORE_PEM_MAX, 1));
+    MID_GUARD(check_str("authority chain_pem", a->chain_pem, STORE_PEM_MAX, 0));
+    MID_GUARD(check_str("authority key_ref", a->key_ref, STORE_TEXT_MAX, 0));
+    MID_ENSURE(a->upstream == 0 || a->upstream == 1, MID_E_INVALID, "authority upstream is 0 or 1");
+    MID_ENSURE(a->not_after >= a->not_before, MID_E_INVALID, "authority not_after < not_before");
+    MID_ENSURE(a->created_at >= 0, MID_E_INVALID, "authority created_at is negative");
+    return MID_OK_RESULT;
+}
+
+static MID_RESULT check_cert(const store_cert *c)
+{
+    MID_ENSURE(c != NULL, MID_E_INVALID, "certificate is required");
+    MID_GUARD(check_hex("certificate serial", c->serial, 1, 64));
+    MID_GUARD(check_str("certificate spiffe_id", c->spiffe_id, STORE_TEXT_MAX, 1));
+    MID_GUARD(check_hex("certificate key_fp", c->key_fp, 64, 64));
+    MID_GUARD(check_hex("certificate authority_id", c->authority_id, 1, 128));
+    MID_GUARD(check_one_of("certificate status", c->status, cert_statuses));
+    MID_GUARD(check_str("certificate cert_pem", c->cert_pem, STORE_PEM_MAX, 1));
+    MID_ENSURE(c->not_after >= c->not_before, MID_E_INVALID, "certificate not_after < not_before");
+    MID_ENSURE(c->issued_at >= 0, MID_E_INVALID, "certificate issued_at is negative");
+    return MID_OK_RESULT;
+}
+
+/* Validates and attaches the optional audit event of a write. */
+static MID_RESULT req_set_event(store_req *rq, const store_audit_event *ev)
+{
+    if (ev == NULL) return MID_OK_RESULT;
+    MID_GUARD(audit_validate(ev));
+    audit_normalize(ev, &rq->ev);
+    rq->has_ev = 1;
+    return MID_OK_RESULT;
+}
+
+static MID_RESULT check_store(const store *st)
+{
+    MID_ENSURE(st != NULL, MID_E_INVALID, "no store");
+    return MID_OK_RESULT;
+}
+
+/* ---- writes ---------------------------------------------------------------------- */
+
+MID_RESULT store_audit_append(store *st, const store_audit_event *ev, store_audit_event *ev_out)
+{
+    MID_GUARD(check_store(st));
+    MID_ENSURE(ev != NULL, MID_E_INVALID, "audit event is required");
+    store_req rq = {.kind = REQ_AUDIT};
+    MID_GUARD(req_set_event(&rq, ev));
+    MID_GUARD(submit(st, &rq));
+    if (ev_out != NULL) *ev_out = rq.ev;
+    return MID_OK_RESULT;
+}
+
+MID_RESULT store_authority_put(store *st, const store_authority *a, const store_audit_event *ev)
+{
+    MID_GUARD(check_store(st));
+    MID_GUARD(check_authority(a));
+    store_req rq = {.kind = REQ_AUTHORITY_PUT, .auth = *a};
+    if (rq.auth.chain_pem == NULL) rq.auth.chain_pem = "";
+    if (rq.auth.key_ref == NULL) rq.auth.key_ref = "";
+    if (rq.auth.created_at == 0) rq.auth.created_at = time_now();
+    MID_GUARD(req_set_event(&rq, ev));
+    return submit(st, &rq);
+}
+
+MID_RESULT store_authority_set_state(store *st, const char *id, const char *from_state,
+                                     const char *to_state, const store_audit_event *ev)
+{
+    MID_GUARD(check_store(st));
+    MID_GUARD(check_hex("authority id", id, 1, 128));
+    MID_GUARD(check_one_of("authority state", from_state, authority_states));
+    MID_GUARD(check_one_of("authority state", to_state, authority_states));
+    store_req rq = {.kind = REQ_AUTHORITY_STATE, .id = id, .from_state = from_state,
+                    .to_state = to_state};
+    MID_GUARD(req_set_event(&rq, ev));
+    return submit(st, &rq);
+}
+
+MID_RESULT store_cert_insert(store *st, const store_cert *c, const store_audit_event *ev)
+{
+    MID_GUARD(check_store(st));
+    MID_GUARD(check_cert(c));
+    store_req rq = {.kind = REQ_CERT_INSERT, .cert = *c};
+    if (rq.cert.issued_at == 0) rq.cert.issued_at = time_now();
+    MID_GUARD(req_set_event(&rq, ev));
+    return submit(st, &rq);
+}
+
+/* ---- reads (caller's thread) --------------------------------------------------------
+ * Each read borrows a read connection from a small pool (opening one when all
+ * are busy), so concurrent reads, and a slow query callback that reads again,
+ * never wait on each other. WAL readers do not block the writer. */
+
+static MID_RESULT reader_get(store *st, store_conn **out)
+{
+    pthread_mutex_lock(&st->rmu);
+    store_conn *c = st->nidle > 0 ? st->idle[--st->nidle] : NULL;
+    pthread_mutex_unlock(&st->rmu);
+    if (c == NULL) MID_GUARD(st->vt->open(st->target, &st->opts, STORE_CONN_READER, &c));
+    *out = c;
+    return MID_OK_RESULT;
+}
+
+static void reader_put(store *st, store_conn *c)
+{
+    pthread_mutex_lock(&st->rmu);
+    if (st->nidle < STORE_IDLE_READERS) {
+        st->idle[st->nidle++] = c;
+        c = NULL;
+    }
+    pthread_mutex_unlock(&st->rmu);
+    if (c != NULL) st->vt->close(c);
+}
+
+MID_RESULT store_audit_head(store *st, int64_t *seq, uint8_t hash[STORE_HASH_LEN])
+{
+    MID_GUARD(check_store(st));
+    store_conn *c;
+    MID_GUARD(reader_get(st, &c));
+    mid_result r = st->vt->audit_head(c, seq, hash);
+    reader_put(st, c);
+    return r;
+}
+
+MID_RESULT store_audit_get(store *st, int64_t seq, store_audit_row *out)
+{
+    MID_GUARD(check_store(st));
+    MID_ENSURE(out != NULL, MID_E_INVALID, "no output row");
+    memset(out, 0, sizeof *out);
+    MID_ENSURE(seq >= 1, MID_E_NOT_FOUND, "no audit event with seq %lld", (long long)seq);
+    store_conn *c;
+    MID_GUARD(reader_get(st, &c));
+    mid_result r = st->vt->audit_get(c, seq, out);
+    reader_put(st, c);
+    return r;
+}
+
+typedef struct {
+    store_audit_cb cb;
+    void *ctx;
+} query_ctx;
+
+static int query_row(void *ctx, const store_audit_event *row, int hashes_ok)
+{
+    (void)hashes_ok; /* a display path: undecodable hashes show as zeros */
+    query_ctx *q = ctx;
+    return q->cb(q->ctx, row);
+}
+
+MID_RESULT store_audit_query(store *st, const store_audit_filter *f, store_audit_cb cb, void *ctx)
+{
+    static const store_audit_filter all = {0};
+    MID_GUARD(check_store(st));
+    MID_ENSURE(cb != NULL, MID_E_INVALID, "no callback");
+    if (f == NULL) f = &all;
+    MID_ENSURE(f->since_ms >= 0 && f->until_ms >= 0 && f->limit >= 0 && f->after_seq >= 0,
+               MID_E_INVALID, "audit filter bounds must not be negative");
+    MID_GUARD(check_str("filter spiffe_id", f->spiffe_id, STORE_AUDIT_TEXT_MAX, 0));
+    MID_GUARD(check_str("filter event", f->event, STORE_AUDIT_TEXT_MAX, 0));
+    MID_GUARD(check_str("filter outcome", f->outcome, STORE_AUDIT_TEXT_MAX, 0));
+    query_ctx q = {cb, ctx};
+    store_conn *c;
+    MID_GUARD(reader_get(st, &c));
+    mid_result r = st->vt->audit_query(c, f, query_row, &q);
+    reader_put(st, c);
+    return r;
+}
+
+typedef struct {
+    audit_verifier vf;
+    mid_result err;
+} verify_ctx;
+
+static int verify_row(void *ctx, const store_audit_event *row, int hashes_ok)
+{
+    verify_ctx *v = ctx;
+    int more = 0;
+    v->err = audit_verifier_step(&v->vf, row, hashes_ok, &more);
+    return !mid_is_ok(v->err) || !more;
+}
+
+MID_RESULT store_audit_verify(store *st, store_audit_verdict *out)
+{
+    MID_GUARD(check_store(st));
+    MID_ENSURE(out != NULL, MID_E_INVALID, "no verdict");
+    verify_ctx v = {.err = MID_OK_RESULT};
+    audit_verifier_init(&v.vf, out);
+    store_conn *c;
+    MID_GUARD(reader_get(st, &c));
+    mid_result r = st->vt->audit_iterate(c, 0, verify_row, &v);
+    reader_put(st, c);
+    MID_GUARD(r);
+    return v.err;
+}
+
+MID_RESULT store_authority_list(store *st, store_authority_row **rows, size_t *n)
+{
+    MID_GUARD(check_store(st));
+    MID_ENSURE(rows != NULL && n != NULL, MID_E_INVALID, "no output list");
+    *rows = NULL;
+    *n = 0;
+    store_conn *c;
+    MID_GUARD(reader_get(st, &c));
+    mid_result r = st->vt->authority_list(c, rows, n);
+    reader_put(st, c);
+    return r;
+}
+
+MID_RESULT store_cert_get(store *st, const char *serial, store_cert_row *out)
+{
+    MID_GUARD(check_store(st));
+    MID_ENSURE(out != NULL, MID_E_INVALID, "no output row");
+    memset(out, 0, sizeof *out);
+    MID_GUARD(check_str("serial", serial, STORE_TEXT_MAX, 1));
+    store_conn *c;
+    MID_GUARD(reader_get(st, &c));
+    mid_result r = st->vt->cert_get(c, serial, out);
+    reader_put(st, c);
+    return r;
+}
+
+MID_RESULT store_cert_count_live(store *st, const char *authority_id, int64_t now, int64_t *n)
+{
+    MID_GUARD(check_store(st));
+    MID_ENSURE(n != NULL, MID_E_INVALID, "no output count");
+    MID_GUARD(check_str("authority id", authority_id, STORE_TEXT_MAX, 1));
+    store_conn *c;
+    MID_GUARD(reader_get(st, &c));
+    mid_result r = st->vt->cert_count_live(c, authority_id, now, n);
+    reader_put(st, c);
+    return r;
+}
+
+/* ---- owned rows ------------------------------------------------------------------- */
+
+/* Copies up to 9 optional strings into one allocation; dst[i] = NULL for NULL. */
+static MID_RESULT pack_strings(const char *const *src, const char **dst, size_t n, char **owned)
+{
+    size_t total = 1, len[9];
+    MID_ENSURE(n <= 9, MID_E_INTERNAL, "too many fields");
+    for (size_t i = 0; i < n; i++) {
+        len[i] = src[i] ? strlen(src[i]) + 1 : 0;
+        total += len[i];
+    }
+    char *buf = malloc(total);
+    MID_ENSURE_MEM(buf);
+    char *p = buf;
+    for (size_t i = 0; i < n; i++) {
+        if (src[i] == NULL) {
+            dst[i] = NULL;
+            continue;
+        }
+        memcpy(p, src[i], len[i]);
+        dst[i] = p;
+        p += len[i];
+    }
+    *owned = buf;
+    return MID_OK_RESULT;
+}
+
+MID_RESULT store_audit_row_copy(const store_audit_event *src, store_audit_row *dst)
+{
+    const char *in[7] = {src->actor,   src->event,  src->spiffe_id, src->serial,
+                         src->outcome, src->reason, src->details};
+    const char *o[7];
+    memset(dst, 0, sizeof *dst);
+    MID_GUARD(pack_strings(in, o, 7, &dst->owned_));
+    dst->ev = *src;
+    dst->ev.actor = o[0];
+    dst->ev.event = o[1];
+    dst->ev.spiffe_id = o[2];
+    dst->ev.serial = o[3];
+    dst->ev.outcome = o[4];
+    dst->ev.reason = o[5];
+    dst->ev.details = o[6];
+    return MID_OK_RESULT;
+}
+
+MID_RESULT store_authority_row_copy(const store_authority *src, store_authority_row *dst)
+{
+    const char *in[8] = {src->id,       src->kind,      src->state,   src->trust_domain,
+                         src->parent_id, src->cert_pem, src->chain_pem, src->key_ref};
+    const char *o[8];
+    memset(dst, 0, sizeof *dst);
+    MID_GUARD(pack_strings(in, o, 8, &dst->owned_));
+    dst->a = *src;
+    dst->a.id = o[0];
+    dst->a.kind = o[1];
+    dst->a.state = o[2];
+    dst->a.trust_domain = o[3];
+    dst->a.parent_id = o[4];
+    dst->a.cert_pem = o[5];
+    dst->a.chain_pem = o[6];
+    dst->a.key_ref = o[7];
+    return MID_OK_RESULT;
+}
+
+MID_RESULT store_cert_row_copy(const store_cert *src, store_cert_row *dst)
+{
+    const char *in[6] = {src->serial,       src->spiffe_id, src->key_fp,
+                         src->authority_id, src->status,    src->cert_pem};
+    const char *o[6];
+    memset(dst, 0, sizeof *dst);
+    MID_GUARD(pack_strings(in, o, 6, &dst->owned_));
+    dst->c = *src;
+    dst->c.serial = o[0];
+    dst->c.spiffe_id = o[1];
+    dst->c.key_fp = o[2];
+    dst->c.authority_id = o[3];
+    dst->c.status = o[4];
+    dst->c.cert_pem = o[5];
+    return MID_OK_RESULT;
+}
+
+void store_audit_row_clear(store_audit_row *row)
+{
+    if (row == NULL) return;
+    free(row->owned_);
+    memset(row, 0, sizeof *row);
+}
+
+void store_authority_row_clear(store_authority_row *row)
+{
+    if (row == NULL) return;
+    free(row->owned_);
+    memset(row, 0, sizeof *row);
+}
+
+void store_authority_list_free(store_authority_row *rows, size_t n)
+{
+    if (rows == NULL) return;
+    for (size_t i = 0; i < n; i++) free(rows[i].owned_);
+    free(rows);
+}
+
+void store_cert_row_clear(store_cert_row *row)
+{
+    if (row == NULL) return;
+    free(row->owned_);
+    memset(row, 0, sizeof *row);
+}
+
+/* ---- lifecycle ------------------------------------------------------------------- */
+
+static MID_RESULT pick_backend(const char *location, const store_backend **vt, const char **target)
+{
+    MID_ENSURE(location != NULL && *location != '\0', MID_E_INVALID, "no store location");
+    for (size_t i = 0; i < sizeof backends / sizeof backends[0]; i++) {
+        size_t n = strlen(backends[i]->prefix);
+        if (strncmp(location, backends[i]->prefix, n) == 0) {
+            *vt = backends[i];
+            *target = location + n;
+            MID_ENSURE(**target != '\0', MID_E_INVALID, "store location '%s' has no path",
+                       location);
+            return MID_OK_RESULT;
+        }
+    }
+    MID_ENSURE(strncmp(location, "postgres:", 9) != 0 && strncmp(location, "postgresql:", 11) != 0,
+               MID_E_INVALID, "store location '%s': the PostgreSQL backend is not built in",
+               location);
+    *vt = &store_backend_sqlite; /* a bare path */
+    *target = location;
+    return MID_OK_RESULT;
+}
+
+static void store_free(store *st, int sync_inited)
+{
+    if (st == NULL) return;
+    for (size_t i = 0; i < st->nidle; i++) st->vt->close(st->idle[i]);
+    if (st->wconn) st->vt->close(st->wconn);
+    if (sync_inited) {
+        pthread_mutex_destroy(&st->rmu);
+        pthread_mutex_destroy(&st->mu);
+        pthread_cond_destroy(&st->cv_work);
+        pthread_cond_destroy(&st->cv_space);
+        pthread_cond_destroy(&st->cv_idle);
+    }
+    free(st->queue);
+    free(st->batch);
+    free(st->target);
+    free(st);
+}
+
+MID_RESULT store_open(const char *location, const store_options *opts, store **out)
+{
+    mid_result r = MID_OK_RESULT;
+    store_options o = {STORE_BUSY_TIMEOUT_DEFAULT, STORE_MAX_BATCH_DEFAULT};
+    const store_backend *vt = NULL;
+    const char *target = NULL;
+    store *st = NULL;
+    int sync_inited = 0;
+
+    MID_CHECK(r, out != NULL, MID_E_INVALID, "no output store");
+    *out = NULL;
+    if (opts != NULL) {
+        MID_CHECK(r, opts->busy_timeout_ms >= 0 && opts->max_batch >= 0, MID_E_INVALID,
+                  "store options must not be negative");
+        MID_CHECK(r, opts->max_batch <= STORE_MAX_BATCH_LIMIT, MID_E_INVALID,
+                  "store max_batch is over %d", STORE_MAX_BATCH_LIMIT);
+        if (opts->busy_timeout_ms > 0) o.busy_timeout_ms = opts->busy_timeout_ms;
+        if (opts->max_batch > 0) o.max_batch = opts->max_batch;
+    }
+    MID_TRY(r, pick_backend(location, &vt, &target));
+
+    st = calloc(1, sizeof *st);
+    MID_CHECK_MEM(r, st);
+    st->vt = vt;
+    st->opts = o;
+    st->target = strdup(target);
+    MID_CHECK_MEM(r, st->target);
+    st->max_batch = o.max_batch;
+    st->qcap = (size_t)o.max_batch * 4 < STORE_QUEUE_MIN ? STORE_QUEUE_MIN : (size_t)o.max_batch * 4;
+    st->queue = calloc(st->qcap, sizeof *st->queue);
+    st->batch = calloc((size_t)o.max_batch, sizeof *st->batch);
+    MID_CHECK_MEM(r, st->queue);
+    MID_CHECK_MEM(r, st->batch);
+    for (int i = 0; i < STORE_FAULT_COUNT_; i++) {
+        atomic_init(&st->fault_nth[i], 0);
+        atomic_init(&st->fault_err[i], MID_E_INTERNAL);
+    }
+    MID_CHECK(r,
+              pthread_mutex_init(&st->rmu, NULL) == 0 && pthread_mutex_init(&st->mu, NULL) == 0 &&
+                  pthread_cond_init(&st->cv_work, NULL) == 0 &&
+                  pthread_cond_init(&st->cv_space, NULL) == 0 &&
+                  pthread_cond_init(&st->cv_idle, NULL) == 0,
+              MID_E_NOMEM, "cannot create store locks");
+    sync_inited = 1;
+
+    MID_TRY(r, vt->open(target, &o, STORE_CONN_WRITER, &st->wconn));
+    MID_TRY(r, vt->migrate(st->wconn, &st->version));
+    MID_TRY(r, vt->open(target, &o, STORE_CONN_READER, &st->idle[0]));
+    st->nidle = 1;
+    MID_CHECK(r, pthread_create(&st->writer, NULL, writer_main, st) == 0, MID_E_INTERNAL,
+              "cannot start the store writer thread");
+    *out = st;
+    st = NULL;
+out:
+    store_free(st, sync_inited);
+    return r;
+}
+
+void store_close(store *st)
+{
+    if (st == NULL) return;
+    pthread_mutex_lock(&st->mu);
+    st->stopping = 1;
+    st->paused = 0;
+    pthread_cond_broadcast(&st->cv_work);
+    pthread_cond_broadcast(&st->cv_space);
+    pthread_mutex_unlock(&st->mu);
+    pthread_join(st->writer, NULL);
+    /* Callers woken by the last batch may still be leaving submit(). */
+    pthread_mutex_lock(&st->mu);
+    while (st->inflight > 0) pthread_cond_wait(&st->cv_idle, &st->mu);
+    pthread_mutex_unlock(&st->mu);
+    store_free(st, 1);
+}
+
+int store_schema_version(store *st) { return st ? st->version : 0; }
+
+/* ---- observability and test hooks -------------------------------------------------- */
+
+void store_stats_get(store *st, store_stats *out)
+{
+    pthread_mutex_lock(&st->mu);
+    *out = st->stats;
+    out->queued = st->qlen;
+    pthread_mutex_unlock(&st->mu);
+}
+
+void store_fault_set(store *st, store_fault_point p, int nth, mid_err err)
+{
+    if ((int)p < 0 || (int)p >= (int)STORE_FAULT_COUNT_) return;
+    atomic_store(&st->fault_err[p], (int)err);
+    atomic_store(&st->fault_nth[p], nth);
+}
+
+void store_writer_pause(store *st, int paused)
+{
+    pthread_mutex_lock(&st->mu);
+    st->paused = paused && !st->stopping;
+    pthread_cond_broadcast(&st->cv_work);
+    pthread_mutex_unlock(&st->mu);
+}

@@ -1,0 +1,133 @@
+/* The store's private interface: what a backend implements, plus test hooks.
+ *
+ * A backend (storage/sqlite/, later storage/postgres/) provides one const
+ * `store_backend` table. storage/store.c reaches it only through thin
+ * wrappers (fault injection lives there) and owns everything above the
+ * database: validation, the writer thread, group commit, the audit chain.
+ * No database library type appears here.
+ *
+ * A backend connection is a struct whose first member is a `store_conn`
+ * (the sqlite3_file pattern). The front end opens one WRITER per store,
+ * used only by the writer thread, and READERs on demand (a few are kept
+ * idle in a pool). One connection is never used by two threads at once.
+ */
+#ifndef MESHID_STORAGE_STORE_INT_H
+#define MESHID_STORAGE_STORE_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lib/result.h"
+#include "storage/store.h"
+
+typedef struct store_backend store_backend;
+
+typedef struct store_conn {
+    const store_backend *vt; /* set by the backend's open */
+} store_conn;
+
+typedef enum { STORE_CONN_WRITER = 0, STORE_CONN_READER = 1 } store_conn_role;
+
+/* Row callback used between front end and backend: like store_audit_cb, plus
+ * `hashes_ok` = 0 when the row's stored hash columns do not decode (the
+ * hashes are then zero). Return non-zero to stop. */
+typedef int (*store_audit_row_fn)(void *ctx, const store_audit_event *row, int hashes_ok);
+
+/* Every function returns MID_E_OK or a mid_result whose message names the
+ * database and carries the driver's own error text. Common mappings: locked
+ * beyond the timeout -> MID_E_BUSY, damaged -> MID_E_CORRUPT, unique/primary
+ * key violation -> MID_E_EXISTS, CHECK/NOT NULL/foreign key -> MID_E_INVALID,
+ * anything else -> MID_E_DB. */
+struct store_backend {
+    const char *name;   /* "sqlite" */
+    const char *prefix; /* location prefix selecting it, e.g. "sqlite:" */
+
+    /* ---- lifecycle ---- */
+    /* Opens `target` (the location without its prefix). WRITER: creates the
+     * database if needed (file mode 0600), refuses a foreign or damaged one
+     * (MID_E_CORRUPT), sets durable settings. READER: an existing, migrated
+     * database; read-only use. *out is freed with close. */
+    MID_RESULT (*open)(const char *target, const store_options *opts, store_conn_role role,
+                       store_conn **out);
+    void (*close)(store_conn *c); /* NULL ok */
+    /* WRITER only: applies pending migrations, each in its own transaction,
+     * and reports the resulting version. MID_E_STATE for a newer schema. */
+    MID_RESULT (*migrate)(store_conn *c, int *version);
+
+    /* ---- transactions (WRITER) ---- */
+    MID_RESULT (*begin_immediate)(store_conn *c); /* takes the write lock now */
+    MID_RESULT (*commit)(store_conn *c);
+    MID_RESULT (*rollback)(store_conn *c);        /* no-op outside a transaction */
+    MID_RESULT (*savepoint)(store_conn *c);       /* one level, per request */
+    MID_RESULT (*release)(store_conn *c);         /* keep the savepoint's work */
+    MID_RESULT (*rollback_to)(store_conn *c);     /* undo it and end the savepoint */
+
+    /* ---- audit events ---- */
+    /* Newest row's seq and hash (0 and zeros when empty); MID_E_CORRUPT if
+     * the stored hash does not decode. Any connection. */
+    MID_RESULT (*audit_head)(store_conn *c, int64_t *seq, uint8_t hash[STORE_HASH_LEN]);
+    /* Inserts a complete row (seq, ts_ms, hashes filled, reason/details
+     * normalized). WRITER, inside a transaction. */
+    MID_RESULT (*audit_insert)(store_conn *c, const store_audit_event *ev);
+    MID_RESULT (*audit_get)(store_conn *c, int64_t seq, store_audit_row *out);
+    /* Every row with seq > after_seq in ascending order, in one snapshot. */
+    MID_RESULT (*audit_iterate)(store_conn *c, int64_t after_seq, store_audit_row_fn fn,
+                                void *ctx);
+    /* Rows matching a (validated) filter, ascending, in one snapshot. */
+    MID_RESULT (*audit_query)(store_conn *c, const store_audit_filter *f, store_audit_row_fn fn,
+                              void *ctx);
+
+    /* ---- authorities ---- */
+    MID_RESULT (*authority_put)(store_conn *c, const store_authority *a); /* upsert by id */
+    /* MID_E_NOT_FOUND for an unknown id, MID_E_STATE when its state is not
+     * from_state (nothing written). WRITER, inside a transaction. */
+    MID_RESULT (*authority_set_state)(store_conn *c, const char *id, const char *from_state,
+                                      const char *to_state);
+    MID_RESULT (*authority_list)(store_conn *c, store_authority_row **rows, size_t *n);
+
+    /* ---- certificates ---- */
+    MID_RESULT (*cert_insert)(store_conn *c, const store_cert *cert); /* MID_E_EXISTS on dup */
+    MID_RESULT (*cert_get)(store_conn *c, const char *serial, store_cert_row *out);
+    MID_RESULT (*cert_count_live)(store_conn *c, const char *authority_id, int64_t now,
+                                  int64_t *n);
+};
+
+/* The backends built into this library. */
+extern const store_backend store_backend_sqlite;
+
+/* ---- helpers for backends (storage/store.c) ------------------------------- */
+
+/* Deep-copy a borrowed record into one owned allocation. MID_E_NOMEM. */
+MID_RESULT store_audit_row_copy(const store_audit_event *src, store_audit_row *dst);
+MID_RESULT store_authority_row_copy(const store_authority *src, store_authority_row *dst);
+MID_RESULT store_cert_row_copy(const store_cert *src, store_cert_row *dst);
+
+/* ---- observability and test hooks ------------------------------------------ */
+
+typedef struct {
+    uint64_t writes;          /* write requests processed by the writer */
+    uint64_t writes_failed;   /* of which failed (own error or failed batch) */
+    uint64_t transactions;    /* batches committed */
+    uint64_t commit_failures; /* batches whose BEGIN, head read or COMMIT failed */
+    uint64_t max_batch_seen;  /* largest batch so far */
+    uint64_t queued;          /* requests waiting for the writer right now */
+} store_stats;
+
+/* A consistent snapshot of the writer's counters. */
+void store_stats_get(store *st, store_stats *out);
+
+typedef enum {
+    STORE_FAULT_BEGIN = 0, /* BEGIN IMMEDIATE of a batch */
+    STORE_FAULT_APPLY,     /* applying one request, inside its savepoint */
+    STORE_FAULT_COMMIT,    /* COMMIT of a batch (the batch is rolled back) */
+    STORE_FAULT_COUNT_
+} store_fault_point;
+
+/* Makes the nth next pass through `p` fail with `err` (once); nth 0 disarms. */
+void store_fault_set(store *st, store_fault_point p, int nth, mid_err err);
+
+/* While paused the writer takes no requests, so a test can queue several and
+ * have them land in one batch. store_close unpauses. */
+void store_writer_pause(store *st, int paused);
+
+#endif
