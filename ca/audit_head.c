@@ -210,6 +210,7 @@ static mid_result parse_head(const char *text, head *h, json_t **doc_out)
     MID_ENSURE(h->time != NULL && strlen(h->time) >= 20 && h->time[4] == '-', MID_E_INVALID,
                "audit head: \"time\" must be an RFC 3339 time");
     MID_GUARD(time_parse_when(h->time, 0, &h->when));
+    MID_ENSURE(h->when > 0, MID_E_INVALID, "audit head: \"time\" is before 1970");
     h->td = get_string(doc, "trust_domain");
     char td[SPIFFE_TD_MAX + 1];
     MID_ENSURE(h->td != NULL, MID_E_INVALID, "audit head: \"trust_domain\" is missing");

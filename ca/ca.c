@@ -93,32 +93,51 @@ static mid_result save_authority_key(new_authority *a, const char *data_dir)
     return mid_ok();
 }
 
-static mid_result record_authority(store *st, const new_authority *a, const char *kind,
-                                   const char *td, const char *parent_id, const char *actor)
-{
-    mid_result r = MID_OK_RESULT;
-    char *details = NULL;
+/* A stored authority row and its audit event, with the text they point to. */
+typedef struct {
+    store_authority row;
+    store_audit_event ev;
+    char *details;
     char desc[64], serial[CA_KEY_ID_HEX_MAX], sid[sizeof "spiffe://" + SPIFFE_TD_MAX];
+} authority_record;
+
+static mid_result prepare_record(authority_record *rec, const new_authority *a, const char *kind,
+                                 const char *td, const char *parent_id, const char *actor)
+{
     int64_t nb = 0, na = 0;
-    MID_TRY(r, ca_x509_validity(a->cert, &nb, &na));
-    MID_TRY(r, ca_x509_serial_hex(a->cert, serial, sizeof serial));
-    ca_key_describe(a->key, desc, sizeof desc);
-    snprintf(sid, sizeof sid, "spiffe://%s", td);
-    store_authority row = {
+    MID_GUARD(ca_x509_validity(a->cert, &nb, &na));
+    MID_GUARD(ca_x509_serial_hex(a->cert, rec->serial, sizeof rec->serial));
+    ca_key_describe(a->key, rec->desc, sizeof rec->desc);
+    snprintf(rec->sid, sizeof rec->sid, "spiffe://%s", td);
+    rec->row = (store_authority){
         .id = a->id, .kind = kind, .state = "active", .trust_domain = td,
         .parent_id = parent_id, .cert_pem = a->pem, .chain_pem = "", .key_ref = a->key_ref,
         .not_before = nb, .not_after = na, .upstream = 0, .created_at = time_now(),
     };
-    MID_TRY(r, ca_authority_details(&row, desc, 0, &details));
-    store_audit_event ev = {
-        .actor = actor, .event = "ca.init", .spiffe_id = sid, .serial = serial,
+    MID_GUARD(ca_authority_details(&rec->row, rec->desc, 0, &rec->details));
+    rec->ev = (store_audit_event){
+        .actor = actor, .event = "ca.init", .spiffe_id = rec->sid, .serial = rec->serial,
         .outcome = "ok", .reason = strcmp(kind, "root") == 0 ? "created root authority"
                                                                : "created intermediate authority",
-        .details = details,
+        .details = rec->details,
     };
-    MID_TRY(r, store_authority_put(st, &row, &ev));
+    return mid_ok();
+}
+
+/* Records root and intermediate in one transaction: both or neither. */
+static mid_result record_hierarchy(store *st, const new_authority *root,
+                                   const new_authority *inter, const char *td, const char *actor)
+{
+    mid_result r = MID_OK_RESULT;
+    authority_record rec[2] = {0};
+    MID_TRY(r, prepare_record(&rec[0], root, "root", td, NULL, actor));
+    MID_TRY(r, prepare_record(&rec[1], inter, "intermediate", td, root->id, actor));
+    store_authority rows[2] = {rec[0].row, rec[1].row};
+    store_audit_event evs[2] = {rec[0].ev, rec[1].ev};
+    MID_TRY(r, store_authority_put_all(st, rows, evs, 2));
 out:
-    free(details);
+    free(rec[0].details);
+    free(rec[1].details);
     return r;
 }
 
@@ -136,7 +155,6 @@ MID_RESULT ca_init(store *st, const char *data_dir, const ca_init_opts *o)
     new_authority root = {0}, inter = {0};
     char td[SPIFFE_TD_MAX + 1];
     int64_t root_ttl = 0, inter_ttl = 0;
-    int root_recorded = 0;
     MID_CHECK(r, st != NULL && data_dir != NULL && o != NULL, MID_E_INVALID, "missing arguments");
     MID_TRY(r, spiffe_trust_domain_parse(o->trust_domain, td));
     ca_key_type kt = o->key_type == 0 ? CA_KEY_EC_P256 : o->key_type;
@@ -163,14 +181,11 @@ MID_RESULT ca_init(store *st, const char *data_dir, const ca_init_opts *o)
     MID_TRY(r, ca_x509_build_intermediate(&ip, &inter.cert));
     MID_TRY(r, save_authority_key(&inter, data_dir));
 
-    MID_TRY(r, record_authority(st, &root, "root", td, NULL, actor));
-    root_recorded = 1;
-    MID_TRY(r, record_authority(st, &inter, "intermediate", td, root.id, actor));
+    MID_TRY(r, record_hierarchy(st, &root, &inter, td, actor));
 out:
-    /* On failure, key files that no stored authority refers to are removed.
-     * (If only the root row was committed its key stays, with the row.) */
+    /* On failure nothing was recorded: remove the key files written. */
     new_authority_clear(&inter, !mid_is_ok(r));
-    new_authority_clear(&root, !mid_is_ok(r) && !root_recorded);
+    new_authority_clear(&root, !mid_is_ok(r));
     return r;
 }
 

@@ -123,27 +123,29 @@ static mid_result load_and_check(const char *dir, upstream *u, char td[SPIFFE_TD
     return mid_ok();
 }
 
-static mid_result put_upstream(store *st, const store_authority *a, EVP_PKEY *key_or_null,
-                               X509 *cert, const char *actor)
+/* The audit event for one adopted authority, with the text it points to. */
+typedef struct {
+    store_audit_event ev;
+    char *details;
+    char desc[64], serial[CA_KEY_ID_HEX_MAX], sid[sizeof "spiffe://" + SPIFFE_TD_MAX];
+} upstream_event;
+
+static mid_result prepare_event(upstream_event *e, const store_authority *a,
+                                EVP_PKEY *key_or_null, X509 *cert, const char *actor)
 {
-    char *details = NULL;
-    char desc[64] = "", serial[CA_KEY_ID_HEX_MAX], sid[sizeof "spiffe://" + SPIFFE_TD_MAX];
-    if (key_or_null != NULL)
-        ca_key_describe(key_or_null, desc, sizeof desc);
-    else
-        ca_key_describe(X509_get0_pubkey(cert), desc, sizeof desc);
-    MID_GUARD(ca_x509_serial_hex(cert, serial, sizeof serial));
-    MID_GUARD(ca_authority_details(a, desc, 1, &details));
-    snprintf(sid, sizeof sid, "spiffe://%s", a->trust_domain);
-    store_audit_event ev = {
-        .actor = actor, .event = "ca.init", .spiffe_id = sid, .serial = serial, .outcome = "ok",
+    ca_key_describe(key_or_null != NULL ? key_or_null : X509_get0_pubkey(cert), e->desc,
+                    sizeof e->desc);
+    MID_GUARD(ca_x509_serial_hex(cert, e->serial, sizeof e->serial));
+    MID_GUARD(ca_authority_details(a, e->desc, 1, &e->details));
+    snprintf(e->sid, sizeof e->sid, "spiffe://%s", a->trust_domain);
+    e->ev = (store_audit_event){
+        .actor = actor, .event = "ca.init", .spiffe_id = e->sid, .serial = e->serial,
+        .outcome = "ok",
         .reason = strcmp(a->kind, "root") == 0 ? "adopted upstream root as trust anchor"
                                                : "adopted upstream intermediate authority",
-        .details = details,
+        .details = e->details,
     };
-    mid_result r = store_authority_put(st, a, &ev);
-    free(details);
-    return r;
+    return mid_ok();
 }
 
 MID_RESULT ca_init_upstream(store *st, const char *data_dir, const char *upstream_dir,
@@ -155,6 +157,7 @@ MID_RESULT ca_init_upstream(store *st, const char *data_dir, const char *upstrea
     char dir[4096], name[CA_KEY_ID_HEX_MAX + 8], key_ref[CA_KEY_ID_HEX_MAX + 16], path[4096];
     char *cert_pem = NULL, *root_pem = NULL, *chain_pem = NULL;
     int key_written = 0;
+    upstream_event evs[2] = {0};
     store_authority_row *rows = NULL;
     size_t n = 0;
     MID_CHECK(r, st != NULL && data_dir != NULL && upstream_dir != NULL, MID_E_INVALID,
@@ -193,15 +196,21 @@ MID_RESULT ca_init_upstream(store *st, const char *data_dir, const char *upstrea
         .cert_pem = root_pem, .chain_pem = "", .key_ref = "", .not_before = nb, .not_after = na,
         .upstream = 1, .created_at = now,
     };
-    MID_TRY(r, put_upstream(st, &ra, NULL, root, actor));
     MID_TRY(r, ca_x509_validity(u.cert, &nb, &na));
     store_authority ia = {
         .id = id, .kind = "intermediate", .state = "active", .trust_domain = td,
         .parent_id = root_id, .cert_pem = cert_pem, .chain_pem = chain_pem, .key_ref = key_ref,
         .not_before = nb, .not_after = na, .upstream = 1, .created_at = now,
     };
-    MID_TRY(r, put_upstream(st, &ia, u.key, u.cert, actor));
+    MID_TRY(r, prepare_event(&evs[0], &ra, NULL, root, actor));
+    MID_TRY(r, prepare_event(&evs[1], &ia, u.key, u.cert, actor));
+    /* Root and intermediate in one transaction: both or neither. */
+    store_authority both[2] = {ra, ia};
+    store_audit_event ev2[2] = {evs[0].ev, evs[1].ev};
+    MID_TRY(r, store_authority_put_all(st, both, ev2, 2));
 out:
+    free(evs[0].details);
+    free(evs[1].details);
     if (!mid_is_ok(r) && key_written) (void)unlink(path);
     free(cert_pem);
     free(root_pem);

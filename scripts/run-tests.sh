@@ -58,6 +58,12 @@ for t in tests/integration/test_*.sh; do
   run "integration/$(basename "$t" .sh)" bash "$t"
 done
 
+echo "== interop tests"
+for t in tests/interop/test_*.sh; do
+  [ -f "$t" ] || continue
+  run "interop/$(basename "$t" .sh)" bash "$t"
+done
+
 echo "== lint"
 run "lint" bash scripts/lint.sh
 

@@ -40,8 +40,10 @@ typedef struct {
     char msg[STORE_ERRMSG_MAX];
 } carried_err;
 
-typedef struct {
+typedef struct store_req store_req;
+struct store_req {
     req_kind kind;
+    store_req *also; /* further requests applied all-or-nothing with this one */
     store_authority auth; /* REQ_AUTHORITY_PUT, defaults applied */
     store_cert cert;      /* REQ_CERT_INSERT, defaults applied */
     const char *id, *from_state, *to_state; /* REQ_AUTHORITY_STATE */
@@ -51,7 +53,7 @@ typedef struct {
     int done;
     pthread_cond_t cv;
     carried_err res;
-} store_req;
+};
 
 struct store {
     const store_backend *vt;
@@ -163,14 +165,24 @@ static MID_RESULT be_audit_insert(store *st, const store_audit_event *ev)
 static MID_RESULT apply_one(store *st, store_req *rq, int64_t *head_seq,
                             uint8_t head_hash[STORE_HASH_LEN])
 {
+    int64_t seq = *head_seq;
+    uint8_t hash[STORE_HASH_LEN];
+    memcpy(hash, head_hash, STORE_HASH_LEN);
     MID_GUARD(be_savepoint(st));
-    mid_result r = be_apply(st, rq);
-    if (mid_is_ok(r) && rq->has_ev) {
-        rq->ev.seq = *head_seq + 1;
-        if (rq->ev.ts_ms == 0) rq->ev.ts_ms = time_now_ms();
-        memcpy(rq->ev.prev_hash, head_hash, STORE_HASH_LEN);
-        r = audit_hash(&rq->ev, head_hash, rq->ev.hash);
-        if (mid_is_ok(r)) r = be_audit_insert(st, &rq->ev);
+    mid_result r = MID_OK_RESULT;
+    for (store_req *q = rq; q != NULL && mid_is_ok(r); q = q->also) {
+        r = be_apply(st, q);
+        if (mid_is_ok(r) && q->has_ev) {
+            q->ev.seq = seq + 1;
+            if (q->ev.ts_ms == 0) q->ev.ts_ms = time_now_ms();
+            memcpy(q->ev.prev_hash, hash, STORE_HASH_LEN);
+            r = audit_hash(&q->ev, hash, q->ev.hash);
+            if (mid_is_ok(r)) r = be_audit_insert(st, &q->ev);
+            if (mid_is_ok(r)) {
+                seq = q->ev.seq;
+                memcpy(hash, q->ev.hash, STORE_HASH_LEN);
+            }
+        }
     }
     if (mid_is_ok(r)) r = be_release(st);
     if (!mid_is_ok(r)) {
@@ -178,10 +190,8 @@ static MID_RESULT apply_one(store *st, store_req *rq, int64_t *head_seq,
         MID_GUARD(be_rollback_to(st));
         return MID_OK_RESULT;
     }
-    if (rq->has_ev) {
-        *head_seq = rq->ev.seq;
-        memcpy(head_hash, rq->ev.hash, STORE_HASH_LEN);
-    }
+    *head_seq = seq;
+    memcpy(head_hash, hash, STORE_HASH_LEN);
     return MID_OK_RESULT;
 }
 
@@ -382,16 +392,34 @@ MID_RESULT store_audit_append(store *st, const store_audit_event *ev, store_audi
     return MID_OK_RESULT;
 }
 
+static MID_RESULT authority_req(store_req *rq, const store_authority *a,
+                                const store_audit_event *ev)
+{
+    MID_GUARD(check_authority(a));
+    *rq = (store_req){.kind = REQ_AUTHORITY_PUT, .auth = *a};
+    if (rq->auth.chain_pem == NULL) rq->auth.chain_pem = "";
+    if (rq->auth.key_ref == NULL) rq->auth.key_ref = "";
+    if (rq->auth.created_at == 0) rq->auth.created_at = time_now();
+    return req_set_event(rq, ev);
+}
+
 MID_RESULT store_authority_put(store *st, const store_authority *a, const store_audit_event *ev)
 {
+    return store_authority_put_all(st, a, ev, 1);
+}
+
+MID_RESULT store_authority_put_all(store *st, const store_authority *a,
+                                   const store_audit_event *ev, size_t n)
+{
     MID_GUARD(check_store(st));
-    MID_GUARD(check_authority(a));
-    store_req rq = {.kind = REQ_AUTHORITY_PUT, .auth = *a};
-    if (rq.auth.chain_pem == NULL) rq.auth.chain_pem = "";
-    if (rq.auth.key_ref == NULL) rq.auth.key_ref = "";
-    if (rq.auth.created_at == 0) rq.auth.created_at = time_now();
-    MID_GUARD(req_set_event(&rq, ev));
-    return submit(st, &rq);
+    MID_ENSURE(a != NULL && n >= 1 && n <= STORE_PUT_ALL_MAX, MID_E_INVALID,
+               "between 1 and %d authorities per write", STORE_PUT_ALL_MAX);
+    store_req rq[STORE_PUT_ALL_MAX];
+    for (size_t i = 0; i < n; i++) {
+        MID_GUARD(authority_req(&rq[i], &a[i], ev != NULL ? &ev[i] : NULL));
+        if (i > 0) rq[i - 1].also = &rq[i];
+    }
+    return submit(st, &rq[0]);
 }
 
 MID_RESULT store_authority_set_state(store *st, const char *id, const char *from_state,

@@ -134,6 +134,14 @@ void store_authority_row_clear(store_authority_row *row);
  * name an authority already stored (MID_E_INVALID otherwise). */
 MID_RESULT store_authority_put(store *st, const store_authority *a, const store_audit_event *ev);
 
+#define STORE_PUT_ALL_MAX 8
+
+/* Inserts or replaces n (1..STORE_PUT_ALL_MAX) authorities, a[i] with its
+ * audit event ev[i] (ev may be NULL only in tests), in one transaction: all
+ * are written or none. Blocks until durable. */
+MID_RESULT store_authority_put_all(store *st, const store_authority *a,
+                                   const store_audit_event *ev, size_t n);
+
 /* Changes one authority's state, checking it is still `from_state`
  * (MID_E_STATE otherwise, nothing written), with its audit event. */
 MID_RESULT store_authority_set_state(store *st, const char *id, const char *from_state,

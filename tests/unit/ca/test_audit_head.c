@@ -155,6 +155,7 @@ static void t_head_malformed(void **state)
         {"hash", json_string("abc")},
         {"hash", json_string("ZZ00000000000000000000000000000000000000000000000000000000000000")},
         {"time", json_string("yesterday")},
+        {"time", json_string("1969-12-31T23:59:59Z")},
         {"trust_domain", json_string("spiffe://example.org")},
         {"x5c", json_array()},
         {"x5c", json_string("MIIB")},

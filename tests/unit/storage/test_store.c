@@ -256,6 +256,45 @@ static void test_authority_roundtrip_and_state(void **state)
     tmpdb_cleanup(&t);
 }
 
+/* store_authority_put_all writes every authority and event, or none. */
+static void test_authority_put_all_atomic(void **state)
+{
+    (void)state;
+    tmpdb t;
+    tmpdb_init(&t);
+    store *st = open_store(&t, NULL);
+    store_authority two[2] = {make_root(), make_intermediate()};
+    store_audit_event evs[2] = {make_event("ca.init", NULL, NULL), make_event("ca.init", NULL, NULL)};
+
+    /* The intermediate names a parent that does not exist: the whole write fails. */
+    two[1].parent_id = "ffff";
+    assert_mid_err(store_authority_put_all(st, two, evs, 2), MID_E_INVALID);
+    store_authority_row *rows = NULL;
+    size_t n = 0;
+    int64_t seq = -1;
+    uint8_t hash[STORE_HASH_LEN];
+    assert_mid_ok(store_authority_list(st, &rows, &n));
+    assert_int_equal(n, 0);
+    store_authority_list_free(rows, n);
+    assert_mid_ok(store_audit_head(st, &seq, hash));
+    assert_int_equal(seq, 0);
+
+    /* Fixed, both land with two chained events. */
+    two[1].parent_id = ROOT_ID;
+    assert_mid_ok(store_authority_put_all(st, two, evs, 2));
+    assert_mid_ok(store_authority_list(st, &rows, &n));
+    assert_int_equal(n, 2);
+    store_authority_list_free(rows, n);
+    assert_mid_ok(store_audit_head(st, &seq, hash));
+    assert_int_equal(seq, 2);
+    store_audit_verdict v;
+    assert_mid_ok(store_audit_verify(st, &v));
+    assert_true(v.ok);
+    assert_mid_err(store_authority_put_all(st, two, evs, 0), MID_E_INVALID);
+    store_close(st);
+    tmpdb_cleanup(&t);
+}
+
 static void test_cert_roundtrip_and_count(void **state)
 {
     (void)state;
@@ -629,6 +668,7 @@ int run_store_tests(void)
         cmocka_unit_test(test_audit_roundtrip),
         cmocka_unit_test(test_empty_log_verifies),
         cmocka_unit_test(test_authority_roundtrip_and_state),
+        cmocka_unit_test(test_authority_put_all_atomic),
         cmocka_unit_test(test_cert_roundtrip_and_count),
         cmocka_unit_test(test_invalid_events_refused),
         cmocka_unit_test(test_query_filters),
