@@ -156,7 +156,9 @@ mid_result rpc_timer_add(rpc_loop *loop, int64_t delay_ms, rpc_fn fn, void *arg,
     MID_ENSURE(!loop->closing, MID_E_STATE, "loop is shutting down");
     rpc_timer *t = calloc(1, sizeof *t);
     MID_ENSURE_MEM(t);
-    t->due_ms = rpc_now_ms() + delay_ms;
+    /* round now up: a timer may fire late, never early */
+    gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
+    t->due_ms = now.tv_sec * 1000 + (now.tv_nsec + 999999) / 1000000 + delay_ms;
     t->seq = loop->timer_seq++;
     t->fn = fn;
     t->arg = arg;
