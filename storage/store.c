@@ -16,6 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
 #include "lib/log.h"
 #include "lib/timeutil.h"
 #include "storage/audit.h"
@@ -30,7 +33,20 @@
 
 static const store_backend *const backends[] = {&store_backend_sqlite};
 
-typedef enum { REQ_AUDIT, REQ_AUTHORITY_PUT, REQ_AUTHORITY_STATE, REQ_CERT_INSERT } req_kind;
+typedef enum {
+    REQ_AUDIT,
+    REQ_AUTHORITY_PUT,
+    REQ_AUTHORITY_STATE,
+    REQ_CERT_INSERT,
+    REQ_ENTRY_CREATE,
+    REQ_ENTRY_DELETE,
+    REQ_TOKEN_CREATE,
+    REQ_TOKEN_CONSUME,
+    REQ_AGENT_UPSERT,
+    REQ_AGENT_RENEW,
+    REQ_AGENT_BAN,
+    REQ_AGENT_TOUCH
+} req_kind;
 
 /* An error carried from the writer thread to the caller's thread. */
 typedef struct {
@@ -46,7 +62,19 @@ struct store_req {
     store_req *also; /* further requests applied all-or-nothing with this one */
     store_authority auth; /* REQ_AUTHORITY_PUT, defaults applied */
     store_cert cert;      /* REQ_CERT_INSERT, defaults applied */
-    const char *id, *from_state, *to_state; /* REQ_AUTHORITY_STATE */
+    const char *id, *from_state, *to_state; /* REQ_AUTHORITY_STATE; id also for the
+                                               entry, token and agent requests */
+    store_entry entry;   /* REQ_ENTRY_CREATE: validated, selectors sorted; the writer
+                            sets entry.revision */
+    char selectors_hash[STORE_SELECTORS_HASH_HEX + 1]; /* REQ_ENTRY_CREATE */
+    store_join_token token; /* REQ_TOKEN_CREATE */
+    store_agent agent;      /* REQ_AGENT_UPSERT */
+    const char *serial;     /* REQ_AGENT_RENEW */
+    int64_t now, not_after; /* REQ_TOKEN_CONSUME, REQ_AGENT_RENEW, REQ_AGENT_TOUCH */
+    int banned;             /* REQ_AGENT_BAN */
+    /* filled by the writer for the caller to own (cleared by it on failure) */
+    store_entry_row *entry_out;      /* REQ_ENTRY_DELETE, may be NULL */
+    store_join_token_row *token_out; /* REQ_TOKEN_CONSUME, may be NULL */
     int has_ev;
     store_audit_event ev; /* normalized; seq, ts_ms and hashes set when applied */
     /* filled by the writer, read by the caller after done */
@@ -138,7 +166,32 @@ static MID_RESULT be_write_head(store *st, int64_t *seq, uint8_t hash[STORE_HASH
     return st->vt->audit_head(st->wconn, seq, hash);
 }
 
-static MID_RESULT be_apply(store *st, const store_req *rq)
+/* Entries: the revision moves on every create and delete, in the same
+ * savepoint as the change, so a refused change leaves it alone. */
+static MID_RESULT be_entry_create(store *st, store_req *rq)
+{
+    MID_GUARD(st->vt->entries_revision_bump(st->wconn, &rq->entry.revision));
+    return st->vt->entry_insert(st->wconn, &rq->entry, rq->selectors_hash);
+}
+
+static MID_RESULT be_entry_delete(store *st, store_req *rq)
+{
+    store_entry_row tmp, *out = rq->entry_out ? rq->entry_out : &tmp;
+    int64_t rev;
+    MID_GUARD(st->vt->entry_delete(st->wconn, rq->id, out));
+    if (out == &tmp) store_entry_row_clear(&tmp);
+    return st->vt->entries_revision_bump(st->wconn, &rev);
+}
+
+static MID_RESULT be_token_consume(store *st, store_req *rq)
+{
+    store_join_token_row tmp, *out = rq->token_out ? rq->token_out : &tmp;
+    MID_GUARD(st->vt->join_token_consume(st->wconn, rq->id, rq->now, out));
+    if (out == &tmp) store_join_token_row_clear(&tmp);
+    return MID_OK_RESULT;
+}
+
+static MID_RESULT be_apply(store *st, store_req *rq)
 {
     MID_GUARD(fault_check(st, STORE_FAULT_APPLY));
     switch (rq->kind) {
@@ -147,6 +200,15 @@ static MID_RESULT be_apply(store *st, const store_req *rq)
     case REQ_AUTHORITY_STATE:
         return st->vt->authority_set_state(st->wconn, rq->id, rq->from_state, rq->to_state);
     case REQ_CERT_INSERT: return st->vt->cert_insert(st->wconn, &rq->cert);
+    case REQ_ENTRY_CREATE: return be_entry_create(st, rq);
+    case REQ_ENTRY_DELETE: return be_entry_delete(st, rq);
+    case REQ_TOKEN_CREATE: return st->vt->join_token_insert(st->wconn, &rq->token);
+    case REQ_TOKEN_CONSUME: return be_token_consume(st, rq);
+    case REQ_AGENT_UPSERT: return st->vt->agent_upsert(st->wconn, &rq->agent);
+    case REQ_AGENT_RENEW:
+        return st->vt->agent_renew(st->wconn, rq->id, rq->serial, rq->not_after, rq->now);
+    case REQ_AGENT_BAN: return st->vt->agent_set_banned(st->wconn, rq->id, rq->banned);
+    case REQ_AGENT_TOUCH: return st->vt->agent_touch(st->wconn, rq->id, rq->now);
     }
     MID_BAIL(MID_E_INTERNAL, "unknown store request kind %d", (int)rq->kind);
 }
@@ -363,6 +425,103 @@ static MID_RESULT check_cert(const store_cert *c)
     return MID_OK_RESULT;
 }
 
+/* Text that ends up in logs, SANs and lookups: no control bytes. */
+static MID_RESULT check_printable(const char *what, const char *s, size_t max, int required)
+{
+    MID_GUARD(check_str(what, s, max, required));
+    if (s == NULL) return MID_OK_RESULT;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        MID_ENSURE(*p >= 0x20 && *p != 0x7f, MID_E_INVALID, "%s contains a control byte (0x%02x)",
+                   what, *p);
+    return MID_OK_RESULT;
+}
+
+/* The shape of a SPIFFE ID; identity/spiffe_id.h does the real validation
+ * above the store. */
+static MID_RESULT check_spiffe_shape(const char *what, const char *s, int required)
+{
+    MID_GUARD(check_printable(what, s, STORE_TEXT_MAX, required));
+    if (s == NULL) return MID_OK_RESULT;
+    MID_ENSURE(strncmp(s, "spiffe://", 9) == 0 && s[9] != '\0', MID_E_INVALID,
+               "%s '%.128s' is not a spiffe:// URI", what, s);
+    return MID_OK_RESULT;
+}
+
+static MID_RESULT check_entry_id(const char *id)
+{
+    MID_ENSURE(id != NULL, MID_E_INVALID, "entry id is required");
+    size_t n = strnlen(id, STORE_ENTRY_ID_MAX + 1);
+    MID_ENSURE(n >= 1 && n <= STORE_ENTRY_ID_MAX, MID_E_INVALID,
+               "entry id must be 1 to %d characters", STORE_ENTRY_ID_MAX);
+    for (size_t i = 0; i < n; i++)
+        MID_ENSURE((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f') || id[i] == '-',
+                   MID_E_INVALID, "entry id must be lowercase hex digits and dashes");
+    return MID_OK_RESULT;
+}
+
+static int selector_cmp(const void *a, const void *b)
+{
+    const store_selector *x = a, *y = b;
+    int c = strcmp(x->type, y->type);
+    return c != 0 ? c : strcmp(x->value, y->value);
+}
+
+/* Validates an entry for create and copies its selectors, sorted, into
+ * `sorted` (STORE_ENTRY_SELECTORS_MAX slots). */
+static MID_RESULT check_entry(const store_entry *e, store_selector *sorted)
+{
+    MID_ENSURE(e != NULL, MID_E_INVALID, "entry is required");
+    if (e->id != NULL) MID_GUARD(check_entry_id(e->id));
+    MID_GUARD(check_spiffe_shape("entry spiffe_id", e->spiffe_id, 1));
+    MID_GUARD(check_spiffe_shape("entry parent_id", e->parent_id, 1));
+    MID_ENSURE(e->n_selectors >= 1, MID_E_INVALID, "an entry needs at least one selector");
+    MID_ENSURE(e->n_selectors <= STORE_ENTRY_SELECTORS_MAX, MID_E_TOO_LARGE,
+               "an entry has at most %d selectors", STORE_ENTRY_SELECTORS_MAX);
+    MID_ENSURE(e->selectors != NULL, MID_E_INVALID, "entry selectors are missing");
+    for (size_t i = 0; i < e->n_selectors; i++) {
+        const store_selector *sel = &e->selectors[i];
+        MID_GUARD(check_printable("selector type", sel->type, STORE_SELECTOR_TYPE_MAX, 1));
+        MID_GUARD(check_printable("selector value", sel->value, STORE_SELECTOR_VALUE_MAX, 1));
+        MID_ENSURE(strchr(sel->type, ':') == NULL, MID_E_INVALID,
+                   "selector type '%.64s' must not contain ':'", sel->type);
+        sorted[i] = *sel;
+    }
+    qsort(sorted, e->n_selectors, sizeof *sorted, selector_cmp);
+    for (size_t i = 1; i < e->n_selectors; i++)
+        MID_ENSURE(selector_cmp(&sorted[i - 1], &sorted[i]) != 0, MID_E_INVALID,
+                   "selector %.64s:%.128s is listed twice", sorted[i].type, sorted[i].value);
+    MID_ENSURE(e->n_dns_names <= STORE_ENTRY_DNS_MAX, MID_E_TOO_LARGE,
+               "an entry has at most %d DNS names", STORE_ENTRY_DNS_MAX);
+    MID_ENSURE(e->n_dns_names == 0 || e->dns_names != NULL, MID_E_INVALID,
+               "entry dns_names are missing");
+    for (size_t i = 0; i < e->n_dns_names; i++)
+        MID_GUARD(check_printable("entry DNS name", e->dns_names[i], 255, 1));
+    MID_ENSURE(e->ttl_seconds >= 0, MID_E_INVALID, "entry ttl_seconds is negative");
+    MID_ENSURE(e->created_at >= 0, MID_E_INVALID, "entry created_at is negative");
+    return MID_OK_RESULT;
+}
+
+static MID_RESULT check_join_token(const store_join_token *t)
+{
+    MID_ENSURE(t != NULL, MID_E_INVALID, "join token is required");
+    MID_GUARD(check_hex("join token hash", t->token_hash, 64, 64));
+    MID_GUARD(check_spiffe_shape("join token agent_spiffe_id", t->agent_spiffe_id, 0));
+    MID_ENSURE(t->created_at >= 0, MID_E_INVALID, "join token created_at is negative");
+    return MID_OK_RESULT;
+}
+
+static MID_RESULT check_agent(const store_agent *a)
+{
+    MID_ENSURE(a != NULL, MID_E_INVALID, "agent is required");
+    MID_GUARD(check_spiffe_shape("agent spiffe_id", a->spiffe_id, 1));
+    MID_GUARD(check_hex("agent serial", a->serial, 1, 64));
+    MID_GUARD(check_printable("agent hostname", a->hostname, 255, 0));
+    MID_ENSURE(a->banned == 0 || a->banned == 1, MID_E_INVALID, "agent banned is 0 or 1");
+    MID_ENSURE(a->attested_at >= 0 && a->last_seen >= 0, MID_E_INVALID,
+               "agent times must not be negative");
+    return MID_OK_RESULT;
+}
+
 /* Validates and attaches the optional audit event of a write. */
 static MID_RESULT req_set_event(store_req *rq, const store_audit_event *ev)
 {
@@ -442,6 +601,136 @@ MID_RESULT store_cert_insert(store *st, const store_cert *c, const store_audit_e
     store_req rq = {.kind = REQ_CERT_INSERT, .cert = *c};
     if (rq.cert.issued_at == 0) rq.cert.issued_at = time_now();
     MID_GUARD(req_set_event(&rq, ev));
+    return submit(st, &rq);
+}
+
+/* 16 random bytes as 32 lowercase hex digits. */
+static MID_RESULT new_entry_id(char out[33])
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char b[16];
+    MID_ENSURE(RAND_bytes(b, sizeof b) == 1, MID_E_CRYPTO, "cannot draw a random entry id");
+    for (size_t i = 0; i < sizeof b; i++) {
+        out[2 * i] = hex[b[i] >> 4];
+        out[2 * i + 1] = hex[b[i] & 0xf];
+    }
+    out[32] = '\0';
+    return MID_OK_RESULT;
+}
+
+MID_RESULT store_entry_create(store *st, const store_entry *e, const store_audit_event *ev,
+                              store_entry_row *out)
+{
+    store_selector sorted[STORE_ENTRY_SELECTORS_MAX];
+    char id[33];
+    if (out != NULL) memset(out, 0, sizeof *out);
+    MID_GUARD(check_store(st));
+    MID_GUARD(check_entry(e, sorted));
+    store_req rq = {.kind = REQ_ENTRY_CREATE, .entry = *e};
+    rq.entry.selectors = sorted;
+    if (rq.entry.id == NULL) {
+        MID_GUARD(new_entry_id(id));
+        rq.entry.id = id;
+    }
+    if (rq.entry.created_at == 0) rq.entry.created_at = time_now();
+    rq.entry.revision = 0;
+    MID_GUARD(store_selectors_hash(sorted, e->n_selectors, rq.selectors_hash));
+    MID_GUARD(req_set_event(&rq, ev));
+    /* Copied before the write, so a committed entry is never reported as
+     * failed for want of memory; only the revision is filled in after. */
+    if (out != NULL) MID_GUARD(store_entry_row_copy(&rq.entry, out));
+    mid_result r = submit(st, &rq);
+    if (!mid_is_ok(r)) {
+        store_entry_row_clear(out);
+        return r;
+    }
+    if (out != NULL) out->e.revision = rq.entry.revision;
+    return MID_OK_RESULT;
+}
+
+MID_RESULT store_entry_delete(store *st, const char *id, const store_audit_event *ev,
+                              store_entry_row *out)
+{
+    if (out != NULL) memset(out, 0, sizeof *out);
+    MID_GUARD(check_store(st));
+    MID_GUARD(check_entry_id(id));
+    store_req rq = {.kind = REQ_ENTRY_DELETE, .id = id, .entry_out = out};
+    MID_GUARD(req_set_event(&rq, ev));
+    mid_result r = submit(st, &rq);
+    if (!mid_is_ok(r)) store_entry_row_clear(out); /* filled before a later failure */
+    return r;
+}
+
+MID_RESULT store_join_token_create(store *st, const store_join_token *t,
+                                   const store_audit_event *ev)
+{
+    MID_GUARD(check_store(st));
+    MID_GUARD(check_join_token(t));
+    store_req rq = {.kind = REQ_TOKEN_CREATE, .token = *t};
+    if (rq.token.created_at == 0) rq.token.created_at = time_now();
+    rq.token.used_at = 0;
+    MID_ENSURE(rq.token.expires_at >= rq.token.created_at, MID_E_INVALID,
+               "join token expires_at is before created_at");
+    MID_GUARD(req_set_event(&rq, ev));
+    return submit(st, &rq);
+}
+
+MID_RESULT store_join_token_consume(store *st, const char *token_hash, int64_t now,
+                                    const store_audit_event *ev, store_join_token_row *out)
+{
+    if (out != NULL) memset(out, 0, sizeof *out);
+    MID_GUARD(check_store(st));
+    MID_GUARD(check_hex("join token hash", token_hash, 64, 64));
+    MID_ENSURE(now >= 0, MID_E_INVALID, "time is negative");
+    store_req rq = {.kind = REQ_TOKEN_CONSUME, .id = token_hash, .now = now, .token_out = out};
+    MID_GUARD(req_set_event(&rq, ev));
+    mid_result r = submit(st, &rq);
+    if (!mid_is_ok(r)) store_join_token_row_clear(out);
+    return r;
+}
+
+MID_RESULT store_agent_upsert(store *st, const store_agent *a, const store_audit_event *ev)
+{
+    MID_GUARD(check_store(st));
+    MID_GUARD(check_agent(a));
+    store_req rq = {.kind = REQ_AGENT_UPSERT, .agent = *a};
+    if (rq.agent.hostname == NULL) rq.agent.hostname = "";
+    if (rq.agent.attested_at == 0) rq.agent.attested_at = time_now();
+    if (rq.agent.last_seen == 0) rq.agent.last_seen = rq.agent.attested_at;
+    MID_GUARD(req_set_event(&rq, ev));
+    return submit(st, &rq);
+}
+
+MID_RESULT store_agent_renew(store *st, const char *spiffe_id, const char *serial,
+                             int64_t not_after, int64_t now, const store_audit_event *ev)
+{
+    MID_GUARD(check_store(st));
+    MID_GUARD(check_spiffe_shape("agent spiffe_id", spiffe_id, 1));
+    MID_GUARD(check_hex("agent serial", serial, 1, 64));
+    MID_ENSURE(now >= 0, MID_E_INVALID, "time is negative");
+    store_req rq = {.kind = REQ_AGENT_RENEW, .id = spiffe_id, .serial = serial,
+                    .not_after = not_after, .now = now};
+    MID_GUARD(req_set_event(&rq, ev));
+    return submit(st, &rq);
+}
+
+MID_RESULT store_agent_set_banned(store *st, const char *spiffe_id, int banned,
+                                  const store_audit_event *ev)
+{
+    MID_GUARD(check_store(st));
+    MID_GUARD(check_spiffe_shape("agent spiffe_id", spiffe_id, 1));
+    MID_ENSURE(banned == 0 || banned == 1, MID_E_INVALID, "banned is 0 or 1");
+    store_req rq = {.kind = REQ_AGENT_BAN, .id = spiffe_id, .banned = banned};
+    MID_GUARD(req_set_event(&rq, ev));
+    return submit(st, &rq);
+}
+
+MID_RESULT store_agent_touch(store *st, const char *spiffe_id, int64_t now)
+{
+    MID_GUARD(check_store(st));
+    MID_GUARD(check_spiffe_shape("agent spiffe_id", spiffe_id, 1));
+    MID_ENSURE(now >= 0, MID_E_INVALID, "time is negative");
+    store_req rq = {.kind = REQ_AGENT_TOUCH, .id = spiffe_id, .now = now};
     return submit(st, &rq);
 }
 
@@ -590,6 +879,73 @@ MID_RESULT store_cert_count_live(store *st, const char *authority_id, int64_t no
     return r;
 }
 
+MID_RESULT store_entry_get(store *st, const char *id, store_entry_row *out)
+{
+    MID_GUARD(check_store(st));
+    MID_ENSURE(out != NULL, MID_E_INVALID, "no output row");
+    memset(out, 0, sizeof *out);
+    MID_GUARD(check_entry_id(id));
+    store_conn *c;
+    MID_GUARD(reader_get(st, &c));
+    mid_result r = st->vt->entry_get(c, id, out);
+    reader_put(st, c);
+    return r;
+}
+
+MID_RESULT store_entry_list(store *st, const char *parent_id, store_entry_row **rows, size_t *n,
+                            int64_t *revision)
+{
+    int64_t rev = 0;
+    MID_GUARD(check_store(st));
+    MID_ENSURE(rows != NULL && n != NULL, MID_E_INVALID, "no output list");
+    *rows = NULL;
+    *n = 0;
+    MID_GUARD(check_str("parent_id", parent_id, STORE_TEXT_MAX, 0));
+    store_conn *c;
+    MID_GUARD(reader_get(st, &c));
+    mid_result r = st->vt->entry_list(c, parent_id, rows, n, &rev);
+    reader_put(st, c);
+    if (mid_is_ok(r) && revision != NULL) *revision = rev;
+    return r;
+}
+
+MID_RESULT store_entries_revision(store *st, int64_t *revision)
+{
+    MID_GUARD(check_store(st));
+    MID_ENSURE(revision != NULL, MID_E_INVALID, "no output revision");
+    store_conn *c;
+    MID_GUARD(reader_get(st, &c));
+    mid_result r = st->vt->entries_revision(c, revision);
+    reader_put(st, c);
+    return r;
+}
+
+MID_RESULT store_agent_get(store *st, const char *spiffe_id, store_agent_row *out)
+{
+    MID_GUARD(check_store(st));
+    MID_ENSURE(out != NULL, MID_E_INVALID, "no output row");
+    memset(out, 0, sizeof *out);
+    MID_GUARD(check_str("agent spiffe_id", spiffe_id, STORE_TEXT_MAX, 1));
+    store_conn *c;
+    MID_GUARD(reader_get(st, &c));
+    mid_result r = st->vt->agent_get(c, spiffe_id, out);
+    reader_put(st, c);
+    return r;
+}
+
+MID_RESULT store_agent_list(store *st, store_agent_row **rows, size_t *n)
+{
+    MID_GUARD(check_store(st));
+    MID_ENSURE(rows != NULL && n != NULL, MID_E_INVALID, "no output list");
+    *rows = NULL;
+    *n = 0;
+    store_conn *c;
+    MID_GUARD(reader_get(st, &c));
+    mid_result r = st->vt->agent_list(c, rows, n);
+    reader_put(st, c);
+    return r;
+}
+
 /* ---- owned rows ------------------------------------------------------------------- */
 
 /* Copies up to 9 optional strings into one allocation; dst[i] = NULL for NULL. */
@@ -669,6 +1025,156 @@ MID_RESULT store_cert_row_copy(const store_cert *src, store_cert_row *dst)
     dst->c.status = o[4];
     dst->c.cert_pem = o[5];
     return MID_OK_RESULT;
+}
+
+/* One allocation: the selector array, then the dns_names array, then the
+ * strings (the arrays first keeps them aligned as malloc aligns). */
+MID_RESULT store_entry_row_copy(const store_entry *src, store_entry_row *dst)
+{
+    const char *top[3] = {src->id, src->spiffe_id, src->parent_id};
+    size_t nsel = src->n_selectors, ndns = src->n_dns_names;
+    size_t total = nsel * sizeof(store_selector) + ndns * sizeof(char *) + 1;
+    memset(dst, 0, sizeof *dst);
+    for (size_t i = 0; i < 3; i++) total += top[i] ? strlen(top[i]) + 1 : 0;
+    for (size_t i = 0; i < nsel; i++)
+        total += strlen(src->selectors[i].type) + strlen(src->selectors[i].value) + 2;
+    for (size_t i = 0; i < ndns; i++) total += strlen(src->dns_names[i]) + 1;
+    char *buf = malloc(total);
+    MID_ENSURE_MEM(buf);
+    store_selector *sel = (store_selector *)(void *)buf;
+    const char **dns = (const char **)(void *)(buf + nsel * sizeof(store_selector));
+    char *p = buf + nsel * sizeof(store_selector) + ndns * sizeof(char *);
+#define PUT(dstp, s)                                                                          \
+    do {                                                                                      \
+        size_t l_ = strlen(s) + 1;                                                            \
+        memcpy(p, (s), l_);                                                                   \
+        (dstp) = p;                                                                           \
+        p += l_;                                                                              \
+    } while (0)
+    dst->e = *src;
+    dst->e.id = dst->e.spiffe_id = dst->e.parent_id = NULL;
+    if (src->id) PUT(dst->e.id, src->id);
+    if (src->spiffe_id) PUT(dst->e.spiffe_id, src->spiffe_id);
+    if (src->parent_id) PUT(dst->e.parent_id, src->parent_id);
+    for (size_t i = 0; i < nsel; i++) {
+        PUT(sel[i].type, src->selectors[i].type);
+        PUT(sel[i].value, src->selectors[i].value);
+    }
+    for (size_t i = 0; i < ndns; i++) PUT(dns[i], src->dns_names[i]);
+#undef PUT
+    dst->e.selectors = nsel ? sel : NULL;
+    dst->e.dns_names = ndns ? dns : NULL;
+    dst->owned_ = buf;
+    return MID_OK_RESULT;
+}
+
+MID_RESULT store_join_token_row_copy(const store_join_token *src, store_join_token_row *dst)
+{
+    const char *in[2] = {src->token_hash, src->agent_spiffe_id};
+    const char *o[2];
+    memset(dst, 0, sizeof *dst);
+    MID_GUARD(pack_strings(in, o, 2, &dst->owned_));
+    dst->t = *src;
+    dst->t.token_hash = o[0];
+    dst->t.agent_spiffe_id = o[1];
+    return MID_OK_RESULT;
+}
+
+MID_RESULT store_agent_row_copy(const store_agent *src, store_agent_row *dst)
+{
+    const char *in[3] = {src->spiffe_id, src->serial, src->hostname};
+    const char *o[3];
+    memset(dst, 0, sizeof *dst);
+    MID_GUARD(pack_strings(in, o, 3, &dst->owned_));
+    dst->a = *src;
+    dst->a.spiffe_id = o[0];
+    dst->a.serial = o[1];
+    dst->a.hostname = o[2];
+    return MID_OK_RESULT;
+}
+
+MID_RESULT store_rows_grow(void **v, size_t size, size_t *len, size_t *cap, void **slot)
+{
+    if (*len == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 8;
+        MID_ENSURE(ncap <= SIZE_MAX / size, MID_E_TOO_LARGE, "too many rows");
+        void *nv = realloc(*v, ncap * size);
+        MID_ENSURE_MEM(nv);
+        *v = nv;
+        *cap = ncap;
+    }
+    *slot = (char *)*v + *len * size;
+    memset(*slot, 0, size);
+    (*len)++;
+    return MID_OK_RESULT;
+}
+
+MID_RESULT store_selectors_hash(const store_selector *sel, size_t n,
+                                char out[STORE_SELECTORS_HASH_HEX + 1])
+{
+    static const char hex[] = "0123456789abcdef";
+    mid_result r = MID_OK_RESULT;
+    unsigned char md[STORE_HASH_LEN];
+    unsigned int mdlen = 0;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    out[0] = '\0';
+    MID_CHECK(r, ctx != NULL, MID_E_NOMEM, "out of memory");
+    MID_CHECK_OSSL(r, EVP_DigestInit_ex(ctx, EVP_sha256(), NULL), MID_E_CRYPTO, "sha256 init");
+    for (size_t i = 0; i < n; i++) {
+        const char *part[2] = {sel[i].type, sel[i].value};
+        for (size_t k = 0; k < 2; k++) {
+            size_t l = strlen(part[k]);
+            MID_CHECK(r, l <= UINT32_MAX, MID_E_TOO_LARGE, "selector too long");
+            unsigned char be[4] = {(unsigned char)(l >> 24), (unsigned char)(l >> 16),
+                                   (unsigned char)(l >> 8), (unsigned char)l};
+            MID_CHECK_OSSL(r, EVP_DigestUpdate(ctx, be, 4), MID_E_CRYPTO, "sha256 update");
+            MID_CHECK_OSSL(r, EVP_DigestUpdate(ctx, part[k], l), MID_E_CRYPTO, "sha256 update");
+        }
+    }
+    MID_CHECK_OSSL(r, EVP_DigestFinal_ex(ctx, md, &mdlen), MID_E_CRYPTO, "sha256 final");
+    for (size_t i = 0; i < STORE_HASH_LEN; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 0xf];
+    }
+    out[STORE_SELECTORS_HASH_HEX] = '\0';
+out:
+    EVP_MD_CTX_free(ctx);
+    return r;
+}
+
+void store_entry_row_clear(store_entry_row *row)
+{
+    if (row == NULL) return;
+    free(row->owned_);
+    memset(row, 0, sizeof *row);
+}
+
+void store_entry_list_free(store_entry_row *rows, size_t n)
+{
+    if (rows == NULL) return;
+    for (size_t i = 0; i < n; i++) free(rows[i].owned_);
+    free(rows);
+}
+
+void store_join_token_row_clear(store_join_token_row *row)
+{
+    if (row == NULL) return;
+    free(row->owned_);
+    memset(row, 0, sizeof *row);
+}
+
+void store_agent_row_clear(store_agent_row *row)
+{
+    if (row == NULL) return;
+    free(row->owned_);
+    memset(row, 0, sizeof *row);
+}
+
+void store_agent_list_free(store_agent_row *rows, size_t n)
+{
+    if (rows == NULL) return;
+    for (size_t i = 0; i < n; i++) free(rows[i].owned_);
+    free(rows);
 }
 
 void store_audit_row_clear(store_audit_row *row)

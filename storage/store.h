@@ -12,6 +12,8 @@
  * its event and vice versa (a write's `ev` may be NULL only in tests).
  * Times in records are Unix seconds; audit ts_ms is Unix milliseconds.
  *
+ * Writes of entries, join tokens and agents follow the same rules.
+ *
  * Strings in records read back are heap copies owned by the record; free
  * them with the matching *_clear / *_free function. Thread-safe: any thread
  * may call any function on one store.
@@ -184,6 +186,152 @@ MID_RESULT store_cert_get(store *st, const char *serial, store_cert_row *out);
 /* Counts certificates signed by `authority_id` with status valid and
  * not_after > now. */
 MID_RESULT store_cert_count_live(store *st, const char *authority_id, int64_t now, int64_t *n);
+
+/* ---- registration entries ----------------------------------------------------- */
+
+/* A selector as stored: opaque strings compared by exact equality, e.g.
+ * {"unix", "uid:1000"}. The store checks only their shape (type non-empty
+ * without ':', value non-empty, no control bytes); identity/entry.h knows the
+ * rules of each type. */
+typedef struct {
+    const char *type;
+    const char *value;
+} store_selector;
+
+#define STORE_ENTRY_ID_MAX 64        /* entry id: 1-64 of [0-9a-f-] (a UUID fits) */
+#define STORE_ENTRY_SELECTORS_MAX 64 /* selectors per entry (at least 1) */
+#define STORE_ENTRY_DNS_MAX 32       /* dns_names per entry */
+#define STORE_SELECTOR_TYPE_MAX 64   /* bytes in a selector type */
+#define STORE_SELECTOR_VALUE_MAX 4224 /* bytes in a selector value */
+
+typedef struct {
+    const char *id;        /* NULL on create: the store assigns 32 random lowercase hex */
+    const char *spiffe_id; /* what matching workloads get */
+    const char *parent_id; /* the agent's SPIFFE ID (or a node alias) */
+    const store_selector *selectors; /* a set: no pair twice; read back sorted by (type, value) */
+    size_t n_selectors;    /* 1..STORE_ENTRY_SELECTORS_MAX */
+    const char *const *dns_names; /* extra DNS SANs, in order; may be NULL when n is 0 */
+    size_t n_dns_names;    /* 0..STORE_ENTRY_DNS_MAX */
+    int64_t ttl_seconds;   /* X.509-SVID lifetime; 0 = server default */
+    int64_t created_at;    /* 0 on create: now */
+    int64_t revision;      /* ignored on create; the entries revision its creation made */
+} store_entry;
+
+typedef struct {
+    store_entry e; /* pointers (arrays and strings) point into owned memory */
+    char *owned_;
+} store_entry_row;
+
+void store_entry_row_clear(store_entry_row *row);
+
+/* Creates an entry with its audit event in one transaction and bumps the
+ * store-wide entries revision; the entry's `revision` is the new value.
+ * If out is non-NULL it receives the stored entry (id, created_at, revision
+ * set, selectors sorted); free with store_entry_row_clear. MID_E_EXISTS when
+ * the id is taken or an entry with the same spiffe_id, parent_id and selector
+ * set exists; MID_E_INVALID / MID_E_TOO_LARGE for a malformed entry. */
+MID_RESULT store_entry_create(store *st, const store_entry *e, const store_audit_event *ev,
+                              store_entry_row *out);
+
+/* Reads one entry by id; MID_E_NOT_FOUND if absent. */
+MID_RESULT store_entry_get(store *st, const char *id, store_entry_row *out);
+
+/* Deletes one entry with its audit event and bumps the entries revision. If
+ * out is non-NULL it receives the entry as it was. MID_E_NOT_FOUND if absent
+ * (nothing written). */
+MID_RESULT store_entry_delete(store *st, const char *id, const store_audit_event *ev,
+                              store_entry_row *out);
+
+/* Entries whose parent_id is `parent_id` (NULL: all), in creation order,
+ * and, if `revision` is non-NULL, the entries revision of the same snapshot
+ * (so "these entries are revision N" is exact). Free with store_entry_list_free. */
+MID_RESULT store_entry_list(store *st, const char *parent_id, store_entry_row **rows, size_t *n,
+                            int64_t *revision);
+void store_entry_list_free(store_entry_row *rows, size_t n);
+
+/* The store-wide entries revision: 0 for a new store, +1 on every entry
+ * create and delete (never reused, never goes down). */
+MID_RESULT store_entries_revision(store *st, int64_t *revision);
+
+/* ---- join tokens ------------------------------------------------------------------ */
+
+typedef struct {
+    const char *token_hash;      /* 64 lowercase hex: SHA-256 of the token (never the token) */
+    const char *agent_spiffe_id; /* identity bound to the token; NULL: the server picks one */
+    int64_t expires_at;          /* Unix s; must be >= created_at */
+    int64_t created_at;          /* 0 on create: now */
+    int64_t used_at;             /* 0 while unused; ignored on create */
+} store_join_token;
+
+typedef struct {
+    store_join_token t;
+    char *owned_;
+} store_join_token_row;
+
+void store_join_token_row_clear(store_join_token_row *row);
+
+/* Records a new, unused token with its audit event. MID_E_EXISTS for a
+ * duplicate hash. */
+MID_RESULT store_join_token_create(store *st, const store_join_token *t,
+                                   const store_audit_event *ev);
+
+/* Marks the token used at `now` with its audit event, in the writer's
+ * transaction by a conditional UPDATE, so across threads and processes
+ * exactly one consumer wins. MID_E_DENIED, nothing written, when the token is
+ * unknown ("join token is unknown"), already used ("join token was already
+ * used") or expired ("join token expired"): a caller that wants the refusal
+ * in the log appends its own event. If out is non-NULL it receives the token
+ * as consumed. */
+MID_RESULT store_join_token_consume(store *st, const char *token_hash, int64_t now,
+                                    const store_audit_event *ev, store_join_token_row *out);
+
+/* ---- agents (attested nodes) -------------------------------------------------------- */
+
+typedef struct {
+    const char *spiffe_id; /* primary key */
+    const char *serial;    /* serial of its current SVID, lowercase hex */
+    int64_t not_after;     /* expiry of that SVID */
+    const char *hostname;  /* as reported at attestation; NULL stored as "" */
+    int64_t attested_at;   /* 0 on upsert: now */
+    int64_t last_seen;     /* 0 on upsert: attested_at */
+    int banned;            /* 0 | 1 */
+} store_agent;
+
+typedef struct {
+    store_agent a;
+    char *owned_;
+} store_agent_row;
+
+void store_agent_row_clear(store_agent_row *row);
+
+/* Inserts or replaces (by spiffe_id) an agent with its audit event: what a
+ * successful attestation records. Replacing sets every field, `banned`
+ * included, so a fresh attestation (a new join token) lifts a ban. */
+MID_RESULT store_agent_upsert(store *st, const store_agent *a, const store_audit_event *ev);
+
+/* Records a renewed SVID (serial, not_after; last_seen = max(last_seen, now))
+ * with its audit event, only if the agent is not banned: checked in the
+ * writer's transaction, so a ban that commits first always wins.
+ * MID_E_NOT_FOUND for an unknown agent, MID_E_DENIED for a banned one. */
+MID_RESULT store_agent_renew(store *st, const char *spiffe_id, const char *serial,
+                             int64_t not_after, int64_t now, const store_audit_event *ev);
+
+/* Reads one agent; MID_E_NOT_FOUND if absent. */
+MID_RESULT store_agent_get(store *st, const char *spiffe_id, store_agent_row *out);
+
+/* All agents ordered by spiffe_id. Free with store_agent_list_free. */
+MID_RESULT store_agent_list(store *st, store_agent_row **rows, size_t *n);
+void store_agent_list_free(store_agent_row *rows, size_t n);
+
+/* Sets or lifts the ban (banned 0 | 1) with its audit event.
+ * MID_E_NOT_FOUND for an unknown agent. */
+MID_RESULT store_agent_set_banned(store *st, const char *spiffe_id, int banned,
+                                  const store_audit_event *ev);
+
+/* Moves last_seen forward to `now` (never back). Not audited: it is called
+ * on every authenticated node API call; concurrent touches share a commit.
+ * MID_E_NOT_FOUND for an unknown agent. */
+MID_RESULT store_agent_touch(store *st, const char *spiffe_id, int64_t now);
 
 /* ---- lifecycle ------------------------------------------------------------------ */
 

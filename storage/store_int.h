@@ -90,6 +90,43 @@ struct store_backend {
     MID_RESULT (*cert_get)(store_conn *c, const char *serial, store_cert_row *out);
     MID_RESULT (*cert_count_live)(store_conn *c, const char *authority_id, int64_t now,
                                   int64_t *n);
+
+    /* ---- registration entries ---- */
+    /* Adds 1 to the entries revision and returns the new value. WRITER,
+     * inside a transaction. */
+    MID_RESULT (*entries_revision_bump)(store_conn *c, int64_t *revision);
+    MID_RESULT (*entries_revision)(store_conn *c, int64_t *revision);
+    /* Inserts a validated entry (id, created_at and revision set, selectors
+     * sorted and distinct) with `selectors_hash` (store_selectors_hash).
+     * MID_E_EXISTS for a taken id or a duplicate (spiffe_id, parent_id,
+     * selectors_hash); the message says which. */
+    MID_RESULT (*entry_insert)(store_conn *c, const store_entry *e, const char *selectors_hash);
+    MID_RESULT (*entry_get)(store_conn *c, const char *id, store_entry_row *out);
+    /* Deletes an entry and its selectors and DNS names; *out is the entry as
+     * it was (owned). MID_E_NOT_FOUND if absent. WRITER, in a transaction. */
+    MID_RESULT (*entry_delete)(store_conn *c, const char *id, store_entry_row *out);
+    /* Entries of one parent (NULL: all) in revision order, and the entries
+     * revision, all from one snapshot. */
+    MID_RESULT (*entry_list)(store_conn *c, const char *parent_id, store_entry_row **rows,
+                             size_t *n, int64_t *revision);
+
+    /* ---- join tokens ---- */
+    MID_RESULT (*join_token_insert)(store_conn *c, const store_join_token *t); /* EXISTS on dup */
+    /* Sets used_at = now where the token is unused and unexpired (expires_at
+     * > now); otherwise MID_E_DENIED saying unknown, already used or expired.
+     * *out is the consumed token (owned). WRITER, inside a transaction. */
+    MID_RESULT (*join_token_consume)(store_conn *c, const char *token_hash, int64_t now,
+                                     store_join_token_row *out);
+
+    /* ---- agents ---- */
+    MID_RESULT (*agent_upsert)(store_conn *c, const store_agent *a);
+    /* MID_E_NOT_FOUND, or MID_E_DENIED when banned (nothing written). */
+    MID_RESULT (*agent_renew)(store_conn *c, const char *spiffe_id, const char *serial,
+                              int64_t not_after, int64_t now);
+    MID_RESULT (*agent_get)(store_conn *c, const char *spiffe_id, store_agent_row *out);
+    MID_RESULT (*agent_list)(store_conn *c, store_agent_row **rows, size_t *n);
+    MID_RESULT (*agent_set_banned)(store_conn *c, const char *spiffe_id, int banned);
+    MID_RESULT (*agent_touch)(store_conn *c, const char *spiffe_id, int64_t now);
 };
 
 /* The backends built into this library. */
@@ -101,6 +138,25 @@ extern const store_backend store_backend_sqlite;
 MID_RESULT store_audit_row_copy(const store_audit_event *src, store_audit_row *dst);
 MID_RESULT store_authority_row_copy(const store_authority *src, store_authority_row *dst);
 MID_RESULT store_cert_row_copy(const store_cert *src, store_cert_row *dst);
+MID_RESULT store_entry_row_copy(const store_entry *src, store_entry_row *dst);
+MID_RESULT store_join_token_row_copy(const store_join_token *src, store_join_token_row *dst);
+MID_RESULT store_agent_row_copy(const store_agent *src, store_agent_row *dst);
+
+/* Appends one row to a growable array of `size`-byte rows (doubling from 8).
+ * MID_E_NOMEM; on failure *v is unchanged. Returns a pointer to the new slot
+ * (zeroed) in *slot and increments *len. */
+MID_RESULT store_rows_grow(void **v, size_t size, size_t *len, size_t *cap, void **slot);
+
+/* The identity of a selector set: lowercase hex SHA-256 over the selectors
+ * sorted by (type, value), each as u32 length + bytes of type then value.
+ * `sel` must already be sorted and distinct (store_entry_create does that). */
+#define STORE_SELECTORS_HASH_HEX 64
+MID_RESULT store_selectors_hash(const store_selector *sel, size_t n,
+                                char out[STORE_SELECTORS_HASH_HEX + 1]);
+
+/* The SQL of the SQLite backend's migration `version` (1-based), or NULL
+ * past the last: lets a test build a database as an older meshid left it. */
+const char *store_sqlite_migration_sql(int version);
 
 /* ---- observability and test hooks ------------------------------------------ */
 

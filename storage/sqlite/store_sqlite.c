@@ -90,9 +90,66 @@ static const sq_migration migrations[] = {
      "  BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END;\n"
      "CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events\n"
      "  BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END;\n"},
+    {2, "registration entries, join tokens, agents",
+     "CREATE TABLE counters (\n"
+     "  name  TEXT PRIMARY KEY NOT NULL,\n"
+     "  value INTEGER NOT NULL CHECK (value >= 0)\n"
+     ") STRICT;\n"
+     "INSERT INTO counters (name, value) VALUES ('entries_revision', 0);\n"
+     "CREATE TABLE entries (\n"
+     "  id             TEXT PRIMARY KEY NOT NULL\n"
+     "                 CHECK (length(id) BETWEEN 1 AND 64 AND id NOT GLOB '*[^0-9a-f-]*'),\n"
+     "  spiffe_id      TEXT NOT NULL CHECK (spiffe_id GLOB 'spiffe://?*'),\n"
+     "  parent_id      TEXT NOT NULL CHECK (parent_id GLOB 'spiffe://?*'),\n"
+     "  selectors_hash TEXT NOT NULL CHECK (length(selectors_hash) = 64\n"
+     "                                      AND selectors_hash NOT GLOB '*[^0-9a-f]*'),\n"
+     "  ttl_seconds    INTEGER NOT NULL DEFAULT 0 CHECK (ttl_seconds >= 0),\n"
+     "  created_at     INTEGER NOT NULL,\n"
+     "  revision       INTEGER NOT NULL UNIQUE CHECK (revision >= 1),\n"
+     "  UNIQUE (spiffe_id, parent_id, selectors_hash)\n"
+     ") STRICT;\n"
+     "CREATE INDEX entries_parent_id ON entries(parent_id, revision);\n"
+     "CREATE TABLE entry_selectors (\n"
+     "  entry_id TEXT NOT NULL REFERENCES entries(id) ON DELETE CASCADE,\n"
+     "  type     TEXT NOT NULL CHECK (type <> '' AND type NOT GLOB '*:*'),\n"
+     "  value    TEXT NOT NULL CHECK (value <> ''),\n"
+     "  PRIMARY KEY (entry_id, type, value)\n"
+     ") STRICT, WITHOUT ROWID;\n"
+     "CREATE INDEX entry_selectors_type_value ON entry_selectors(type, value);\n"
+     "CREATE TABLE entry_dns_names (\n"
+     "  entry_id TEXT NOT NULL REFERENCES entries(id) ON DELETE CASCADE,\n"
+     "  ord      INTEGER NOT NULL CHECK (ord >= 0),\n"
+     "  dns_name TEXT NOT NULL CHECK (dns_name <> ''),\n"
+     "  PRIMARY KEY (entry_id, ord)\n"
+     ") STRICT, WITHOUT ROWID;\n"
+     "CREATE TABLE join_tokens (\n"
+     "  token_hash      TEXT PRIMARY KEY NOT NULL\n"
+     "                  CHECK (length(token_hash) = 64 AND token_hash NOT GLOB '*[^0-9a-f]*'),\n"
+     "  agent_spiffe_id TEXT CHECK (agent_spiffe_id GLOB 'spiffe://?*'),\n"
+     "  expires_at      INTEGER NOT NULL,\n"
+     "  created_at      INTEGER NOT NULL,\n"
+     "  used_at         INTEGER,\n"
+     "  CHECK (expires_at >= created_at)\n"
+     ") STRICT;\n"
+     "CREATE INDEX join_tokens_expires_at ON join_tokens(expires_at);\n"
+     "CREATE TABLE agents (\n"
+     "  spiffe_id   TEXT PRIMARY KEY NOT NULL CHECK (spiffe_id GLOB 'spiffe://?*'),\n"
+     "  serial      TEXT NOT NULL\n"
+     "              CHECK (length(serial) BETWEEN 1 AND 64 AND serial NOT GLOB '*[^0-9a-f]*'),\n"
+     "  not_after   INTEGER NOT NULL,\n"
+     "  hostname    TEXT NOT NULL DEFAULT '',\n"
+     "  attested_at INTEGER NOT NULL,\n"
+     "  last_seen   INTEGER NOT NULL,\n"
+     "  banned      INTEGER NOT NULL DEFAULT 0 CHECK (banned IN (0, 1))\n"
+     ") STRICT;\n"},
 };
 
 #define SQ_SCHEMA_LATEST ((int)(sizeof migrations / sizeof migrations[0]))
+
+const char *store_sqlite_migration_sql(int version)
+{
+    return version >= 1 && version <= SQ_SCHEMA_LATEST ? migrations[version - 1].sql : NULL;
+}
 
 /* ---- connection and cached statements ------------------------------------------- */
 
@@ -114,6 +171,27 @@ typedef enum {
     SQ_CERT_INSERT,
     SQ_CERT_GET,
     SQ_CERT_COUNT_LIVE,
+    SQ_REV_BUMP,
+    SQ_REV_GET,
+    SQ_ENTRY_INSERT,
+    SQ_ENTRY_SEL_INSERT,
+    SQ_ENTRY_DNS_INSERT,
+    SQ_ENTRY_GET,
+    SQ_ENTRY_SEL_GET,
+    SQ_ENTRY_DNS_GET,
+    SQ_ENTRY_DELETE,
+    SQ_ENTRY_LIST_ALL,
+    SQ_ENTRY_LIST_PARENT,
+    SQ_SNAP_BEGIN,
+    SQ_TOKEN_INSERT,
+    SQ_TOKEN_CONSUME,
+    SQ_TOKEN_GET,
+    SQ_AGENT_UPSERT,
+    SQ_AGENT_RENEW,
+    SQ_AGENT_GET,
+    SQ_AGENT_LIST,
+    SQ_AGENT_BAN,
+    SQ_AGENT_TOUCH,
     SQ_STMT_COUNT_
 } sq_stmt_id;
 
@@ -125,6 +203,11 @@ typedef enum {
 #define SQ_CERT_COLS                                                                         \
     "serial, spiffe_id, key_fp, not_before, not_after, authority_id, status, issued_at, "    \
     "cert_pem"
+
+#define SQ_ENTRY_COLS "id, spiffe_id, parent_id, ttl_seconds, created_at, revision"
+#define SQ_TOKEN_COLS "token_hash, agent_spiffe_id, expires_at, created_at, used_at"
+#define SQ_AGENT_COLS                                                                        \
+    "spiffe_id, serial, not_after, hostname, attested_at, last_seen, banned"
 
 static const char *const sq_sql[SQ_STMT_COUNT_] = {
     [SQ_BEGIN] = "BEGIN IMMEDIATE",
@@ -154,6 +237,40 @@ static const char *const sq_sql[SQ_STMT_COUNT_] = {
     [SQ_CERT_GET] = "SELECT " SQ_CERT_COLS " FROM certificates WHERE serial = ?1",
     [SQ_CERT_COUNT_LIVE] = ("SELECT count(*) FROM certificates WHERE authority_id = ?1"
                             " AND status = 'valid' AND not_after > ?2"),
+    [SQ_REV_BUMP] = "UPDATE counters SET value = value + 1 WHERE name = 'entries_revision'"
+                    " RETURNING value",
+    [SQ_REV_GET] = "SELECT value FROM counters WHERE name = 'entries_revision'",
+    [SQ_ENTRY_INSERT] = "INSERT INTO entries (" SQ_ENTRY_COLS ", selectors_hash)"
+                        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    [SQ_ENTRY_SEL_INSERT] = "INSERT INTO entry_selectors (entry_id, type, value)"
+                            " VALUES (?1, ?2, ?3)",
+    [SQ_ENTRY_DNS_INSERT] = "INSERT INTO entry_dns_names (entry_id, ord, dns_name)"
+                            " VALUES (?1, ?2, ?3)",
+    [SQ_ENTRY_GET] = "SELECT " SQ_ENTRY_COLS " FROM entries WHERE id = ?1",
+    [SQ_ENTRY_SEL_GET] = "SELECT type, value FROM entry_selectors WHERE entry_id = ?1"
+                         " ORDER BY type, value",
+    [SQ_ENTRY_DNS_GET] = "SELECT dns_name FROM entry_dns_names WHERE entry_id = ?1 ORDER BY ord",
+    [SQ_ENTRY_DELETE] = "DELETE FROM entries WHERE id = ?1",
+    [SQ_ENTRY_LIST_ALL] = "SELECT " SQ_ENTRY_COLS " FROM entries ORDER BY revision",
+    [SQ_ENTRY_LIST_PARENT] = "SELECT " SQ_ENTRY_COLS " FROM entries WHERE parent_id = ?1"
+                             " ORDER BY revision",
+    [SQ_SNAP_BEGIN] = "BEGIN",
+    [SQ_TOKEN_INSERT] = "INSERT INTO join_tokens (" SQ_TOKEN_COLS ") VALUES (?1, ?2, ?3, ?4, NULL)",
+    /* The race-free part of consumption: only one UPDATE can see used_at NULL. */
+    [SQ_TOKEN_CONSUME] = "UPDATE join_tokens SET used_at = ?2 WHERE token_hash = ?1"
+                         " AND used_at IS NULL AND expires_at > ?2 RETURNING " SQ_TOKEN_COLS,
+    [SQ_TOKEN_GET] = "SELECT " SQ_TOKEN_COLS " FROM join_tokens WHERE token_hash = ?1",
+    [SQ_AGENT_UPSERT] = "INSERT INTO agents (" SQ_AGENT_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                        " ON CONFLICT (spiffe_id) DO UPDATE SET serial = excluded.serial,"
+                        " not_after = excluded.not_after, hostname = excluded.hostname,"
+                        " attested_at = excluded.attested_at, last_seen = excluded.last_seen,"
+                        " banned = excluded.banned",
+    [SQ_AGENT_RENEW] = "UPDATE agents SET serial = ?2, not_after = ?3,"
+                       " last_seen = max(last_seen, ?4) WHERE spiffe_id = ?1 AND banned = 0",
+    [SQ_AGENT_GET] = "SELECT " SQ_AGENT_COLS " FROM agents WHERE spiffe_id = ?1",
+    [SQ_AGENT_LIST] = "SELECT " SQ_AGENT_COLS " FROM agents ORDER BY spiffe_id",
+    [SQ_AGENT_BAN] = "UPDATE agents SET banned = ?2 WHERE spiffe_id = ?1",
+    [SQ_AGENT_TOUCH] = "UPDATE agents SET last_seen = max(last_seen, ?2) WHERE spiffe_id = ?1",
 };
 
 typedef struct {
@@ -820,6 +937,441 @@ out:
     return r;
 }
 
+/* ---- registration entries ----------------------------------------------------------- */
+
+static MID_RESULT sq_entries_revision_bump(store_conn *cc, int64_t *revision)
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    MID_TRY(r, sq_stmt(c, SQ_REV_BUMP, &s));
+    int rc = sqlite3_step(s);
+    SQ_CHECK(r, c, rc, "bump entries revision");
+    MID_CHECK(r, rc == SQLITE_ROW, MID_E_CORRUPT, "%s: the entries_revision counter is missing",
+              c->path);
+    *revision = sqlite3_column_int64(s, 0);
+    SQ_CHECK(r, c, sqlite3_step(s), "bump entries revision");
+out:
+    sq_done(s);
+    return r;
+}
+
+static MID_RESULT sq_entries_revision(store_conn *cc, int64_t *revision)
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    MID_TRY(r, sq_stmt(c, SQ_REV_GET, &s));
+    int rc = sqlite3_step(s);
+    SQ_CHECK(r, c, rc, "read entries revision");
+    MID_CHECK(r, rc == SQLITE_ROW, MID_E_CORRUPT, "%s: the entries_revision counter is missing",
+              c->path);
+    *revision = sqlite3_column_int64(s, 0);
+out:
+    sq_done(s);
+    return r;
+}
+
+static MID_RESULT sq_entry_insert(store_conn *cc, const store_entry *e, const char *selectors_hash)
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    MID_TRY(r, sq_stmt(c, SQ_ENTRY_INSERT, &s));
+    sqlite3_bind_text(s, 1, e->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, e->spiffe_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 3, e->parent_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 4, e->ttl_seconds);
+    sqlite3_bind_int64(s, 5, e->created_at);
+    sqlite3_bind_int64(s, 6, e->revision);
+    sqlite3_bind_text(s, 7, selectors_hash, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    MID_CHECK(r, rc != SQLITE_CONSTRAINT_PRIMARYKEY, MID_E_EXISTS, "entry id %s already exists",
+              e->id);
+    MID_CHECK(r, rc != SQLITE_CONSTRAINT_UNIQUE, MID_E_EXISTS,
+              "an entry for %.256s under parent %.256s with the same selectors already exists",
+              e->spiffe_id, e->parent_id);
+    SQ_CHECK(r, c, rc, "insert entry");
+    for (size_t i = 0; i < e->n_selectors; i++) {
+        sq_done(s);
+        MID_TRY(r, sq_stmt(c, SQ_ENTRY_SEL_INSERT, &s));
+        sqlite3_bind_text(s, 1, e->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, e->selectors[i].type, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 3, e->selectors[i].value, -1, SQLITE_STATIC);
+        SQ_CHECK(r, c, sqlite3_step(s), "insert entry selector");
+    }
+    for (size_t i = 0; i < e->n_dns_names; i++) {
+        sq_done(s);
+        MID_TRY(r, sq_stmt(c, SQ_ENTRY_DNS_INSERT, &s));
+        sqlite3_bind_text(s, 1, e->id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 2, (int64_t)i);
+        sqlite3_bind_text(s, 3, e->dns_names[i], -1, SQLITE_STATIC);
+        SQ_CHECK(r, c, sqlite3_step(s), "insert entry DNS name");
+    }
+out:
+    sq_done(s);
+    return r;
+}
+
+/* Selectors and DNS names of one entry, copied out of their statements
+ * (a column's text lives only until the next step). */
+typedef struct {
+    store_selector *sel;
+    size_t nsel, capsel;
+    const char **dns;
+    size_t ndns, capdns;
+} sq_entry_parts;
+
+static void sq_entry_parts_free(sq_entry_parts *p)
+{
+    for (size_t i = 0; i < p->nsel; i++) {
+        free((char *)p->sel[i].type);
+        free((char *)p->sel[i].value);
+    }
+    for (size_t i = 0; i < p->ndns; i++) free((char *)p->dns[i]);
+    free(p->sel);
+    free(p->dns);
+    memset(p, 0, sizeof *p);
+}
+
+static MID_RESULT sq_entry_parts_load(sq_conn *c, const char *id, sq_entry_parts *p)
+{
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    void *slot;
+    int rc;
+    MID_TRY(r, sq_stmt(c, SQ_ENTRY_SEL_GET, &s));
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_TRANSIENT);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        MID_TRY(r, store_rows_grow((void **)&p->sel, sizeof *p->sel, &p->nsel, &p->capsel, &slot));
+        store_selector *sel = slot;
+        sel->type = strdup(col_text(s, 0) ? col_text(s, 0) : "");
+        sel->value = strdup(col_text(s, 1) ? col_text(s, 1) : "");
+        MID_CHECK_MEM(r, sel->type);
+        MID_CHECK_MEM(r, sel->value);
+    }
+    SQ_CHECK(r, c, rc, "read entry selectors");
+    sq_done(s);
+    MID_TRY(r, sq_stmt(c, SQ_ENTRY_DNS_GET, &s));
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_TRANSIENT);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        MID_TRY(r, store_rows_grow((void **)&p->dns, sizeof *p->dns, &p->ndns, &p->capdns, &slot));
+        const char **dns = slot;
+        *dns = strdup(col_text(s, 0) ? col_text(s, 0) : "");
+        MID_CHECK_MEM(r, *dns);
+    }
+    SQ_CHECK(r, c, rc, "read entry DNS names");
+out:
+    sq_done(s);
+    return r;
+}
+
+/* Copies the current row of an SQ_ENTRY_COLS statement, with its selectors
+ * and DNS names, into *out. */
+static MID_RESULT sq_entry_load(sq_conn *c, sqlite3_stmt *row, store_entry_row *out)
+{
+    sq_entry_parts p = {0};
+    mid_result r = sq_entry_parts_load(c, col_text(row, 0), &p);
+    if (mid_is_ok(r)) {
+        store_entry e = {
+            .id = col_text(row, 0),
+            .spiffe_id = col_text(row, 1),
+            .parent_id = col_text(row, 2),
+            .selectors = p.sel,
+            .n_selectors = p.nsel,
+            .dns_names = p.dns,
+            .n_dns_names = p.ndns,
+            .ttl_seconds = sqlite3_column_int64(row, 3),
+            .created_at = sqlite3_column_int64(row, 4),
+            .revision = sqlite3_column_int64(row, 5),
+        };
+        r = store_entry_row_copy(&e, out);
+    }
+    sq_entry_parts_free(&p);
+    return r;
+}
+
+static MID_RESULT sq_entry_get(store_conn *cc, const char *id, store_entry_row *out)
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    int snap = 0;
+    /* Entry, selectors and DNS names from one snapshot. */
+    if (sqlite3_get_autocommit(c->db)) {
+        MID_TRY(r, sq_exec_cached(c, SQ_SNAP_BEGIN, "begin read"));
+        snap = 1;
+    }
+    MID_TRY(r, sq_stmt(c, SQ_ENTRY_GET, &s));
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    SQ_CHECK(r, c, rc, "read entry");
+    MID_CHECK(r, rc == SQLITE_ROW, MID_E_NOT_FOUND, "no entry with id %.64s", id);
+    MID_TRY(r, sq_entry_load(c, s, out));
+out:
+    sq_done(s);
+    if (snap) (void)sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL);
+    return r;
+}
+
+static MID_RESULT sq_entry_delete(store_conn *cc, const char *id, store_entry_row *out)
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    MID_TRY(r, sq_entry_get(cc, id, out));
+    MID_TRY(r, sq_stmt(c, SQ_ENTRY_DELETE, &s));
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    SQ_CHECK(r, c, sqlite3_step(s), "delete entry");
+    MID_CHECK(r, sqlite3_changes(c->db) == 1, MID_E_NOT_FOUND, "no entry with id %.64s", id);
+out:
+    sq_done(s);
+    if (!mid_is_ok(r)) store_entry_row_clear(out);
+    return r;
+}
+
+static MID_RESULT sq_entry_list(store_conn *cc, const char *parent_id, store_entry_row **rows,
+                                size_t *n, int64_t *revision)
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    store_entry_row *v = NULL;
+    size_t len = 0, cap = 0;
+    void *slot;
+    int rc, snap = 0;
+    if (sqlite3_get_autocommit(c->db)) {
+        MID_TRY(r, sq_exec_cached(c, SQ_SNAP_BEGIN, "begin read"));
+        snap = 1;
+    }
+    MID_TRY(r, sq_entries_revision(cc, revision));
+    MID_TRY(r, sq_stmt(c, parent_id ? SQ_ENTRY_LIST_PARENT : SQ_ENTRY_LIST_ALL, &s));
+    if (parent_id) sqlite3_bind_text(s, 1, parent_id, -1, SQLITE_STATIC);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        MID_TRY(r, store_rows_grow((void **)&v, sizeof *v, &len, &cap, &slot));
+        r = sq_entry_load(c, s, slot);
+        if (!mid_is_ok(r)) {
+            len--; /* the slot holds nothing */
+            goto out;
+        }
+    }
+    SQ_CHECK(r, c, rc, "list entries");
+    *rows = v;
+    *n = len;
+    v = NULL;
+out:
+    sq_done(s);
+    if (snap) (void)sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL);
+    if (v != NULL) store_entry_list_free(v, len);
+    return r;
+}
+
+/* ---- join tokens ------------------------------------------------------------------- */
+
+static void read_token(sqlite3_stmt *s, store_join_token *t)
+{
+    t->token_hash = col_text(s, 0);
+    t->agent_spiffe_id = col_text(s, 1);
+    t->expires_at = sqlite3_column_int64(s, 2);
+    t->created_at = sqlite3_column_int64(s, 3);
+    t->used_at = sqlite3_column_int64(s, 4); /* NULL reads as 0 */
+}
+
+static MID_RESULT sq_join_token_insert(store_conn *cc, const store_join_token *t)
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    MID_TRY(r, sq_stmt(c, SQ_TOKEN_INSERT, &s));
+    sqlite3_bind_text(s, 1, t->token_hash, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, t->agent_spiffe_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 3, t->expires_at);
+    sqlite3_bind_int64(s, 4, t->created_at);
+    int rc = sqlite3_step(s);
+    MID_CHECK(r, rc != SQLITE_CONSTRAINT_PRIMARYKEY, MID_E_EXISTS, "join token already exists");
+    SQ_CHECK(r, c, rc, "insert join token");
+out:
+    sq_done(s);
+    return r;
+}
+
+static MID_RESULT sq_join_token_consume(store_conn *cc, const char *token_hash, int64_t now,
+                                        store_join_token_row *out)
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    store_join_token t = {0};
+    MID_TRY(r, sq_stmt(c, SQ_TOKEN_CONSUME, &s));
+    sqlite3_bind_text(s, 1, token_hash, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, now);
+    int rc = sqlite3_step(s);
+    SQ_CHECK(r, c, rc, "consume join token");
+    if (rc == SQLITE_ROW) {
+        read_token(s, &t);
+        MID_TRY(r, store_join_token_row_copy(&t, out));
+        goto out;
+    }
+    /* Nothing matched: say why. The hash is not secret, but it is not
+     * repeated in messages either: they reach peers as gRPC statuses. */
+    sq_done(s);
+    MID_TRY(r, sq_stmt(c, SQ_TOKEN_GET, &s));
+    sqlite3_bind_text(s, 1, token_hash, -1, SQLITE_STATIC);
+    rc = sqlite3_step(s);
+    SQ_CHECK(r, c, rc, "read join token");
+    MID_CHECK(r, rc == SQLITE_ROW, MID_E_DENIED, "join token is unknown");
+    read_token(s, &t);
+    MID_CHECK(r, t.used_at == 0 && sqlite3_column_type(s, 4) == SQLITE_NULL, MID_E_DENIED,
+              "join token was already used");
+    r = mid_fail(MID_E_DENIED, __FILE__, __LINE__, "join token expired");
+out:
+    sq_done(s);
+    return r;
+}
+
+/* ---- agents --------------------------------------------------------------------------- */
+
+static void read_agent(sqlite3_stmt *s, store_agent *a)
+{
+    a->spiffe_id = col_text(s, 0);
+    a->serial = col_text(s, 1);
+    a->not_after = sqlite3_column_int64(s, 2);
+    a->hostname = col_text(s, 3);
+    a->attested_at = sqlite3_column_int64(s, 4);
+    a->last_seen = sqlite3_column_int64(s, 5);
+    a->banned = sqlite3_column_int(s, 6);
+}
+
+static MID_RESULT sq_agent_upsert(store_conn *cc, const store_agent *a)
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    MID_TRY(r, sq_stmt(c, SQ_AGENT_UPSERT, &s));
+    sqlite3_bind_text(s, 1, a->spiffe_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, a->serial, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 3, a->not_after);
+    sqlite3_bind_text(s, 4, a->hostname ? a->hostname : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 5, a->attested_at);
+    sqlite3_bind_int64(s, 6, a->last_seen);
+    sqlite3_bind_int(s, 7, a->banned);
+    SQ_CHECK(r, c, sqlite3_step(s), "store agent");
+out:
+    sq_done(s);
+    return r;
+}
+
+static MID_RESULT sq_agent_get(store_conn *cc, const char *spiffe_id, store_agent_row *out)
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    store_agent a;
+    MID_TRY(r, sq_stmt(c, SQ_AGENT_GET, &s));
+    sqlite3_bind_text(s, 1, spiffe_id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    SQ_CHECK(r, c, rc, "read agent");
+    MID_CHECK(r, rc == SQLITE_ROW, MID_E_NOT_FOUND, "no agent %.256s", spiffe_id);
+    read_agent(s, &a);
+    MID_TRY(r, store_agent_row_copy(&a, out));
+out:
+    sq_done(s);
+    return r;
+}
+
+/* Runs an UPDATE of one agent; MID_E_NOT_FOUND when no row changed. */
+static MID_RESULT sq_agent_update(sq_conn *c, sqlite3_stmt *s, const char *spiffe_id,
+                                  const char *what)
+{
+    SQ_GUARD(c, sqlite3_step(s), what);
+    MID_ENSURE(sqlite3_changes(c->db) == 1, MID_E_NOT_FOUND, "no agent %.256s", spiffe_id);
+    return MID_OK_RESULT;
+}
+
+static MID_RESULT sq_agent_renew(store_conn *cc, const char *spiffe_id, const char *serial,
+                                 int64_t not_after, int64_t now)
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    MID_TRY(r, sq_stmt(c, SQ_AGENT_RENEW, &s));
+    sqlite3_bind_text(s, 1, spiffe_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, serial, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 3, not_after);
+    sqlite3_bind_int64(s, 4, now);
+    r = sq_agent_update(c, s, spiffe_id, "renew agent");
+    if (r.err != MID_E_NOT_FOUND) goto out;
+    /* Nothing changed: tell a missing agent from a banned one. */
+    sq_done(s);
+    MID_TRY(r, sq_stmt(c, SQ_AGENT_GET, &s));
+    sqlite3_bind_text(s, 1, spiffe_id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    SQ_CHECK(r, c, rc, "read agent");
+    MID_CHECK(r, rc == SQLITE_ROW, MID_E_NOT_FOUND, "no agent %.256s", spiffe_id);
+    r = mid_fail(MID_E_DENIED, __FILE__, __LINE__, "agent %.256s is banned", spiffe_id);
+out:
+    sq_done(s);
+    return r;
+}
+
+static MID_RESULT sq_agent_set_banned(store_conn *cc, const char *spiffe_id, int banned)
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    MID_TRY(r, sq_stmt(c, SQ_AGENT_BAN, &s));
+    sqlite3_bind_text(s, 1, spiffe_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int(s, 2, banned);
+    r = sq_agent_update(c, s, spiffe_id, "ban agent");
+out:
+    sq_done(s);
+    return r;
+}
+
+static MID_RESULT sq_agent_touch(store_conn *cc, const char *spiffe_id, int64_t now)
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    MID_TRY(r, sq_stmt(c, SQ_AGENT_TOUCH, &s));
+    sqlite3_bind_text(s, 1, spiffe_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, now);
+    r = sq_agent_update(c, s, spiffe_id, "touch agent");
+out:
+    sq_done(s);
+    return r;
+}
+
+static MID_RESULT sq_agent_list(store_conn *cc, store_agent_row **rows, size_t *n)
+{
+    sq_conn *c = sq(cc);
+    mid_result r = MID_OK_RESULT;
+    sqlite3_stmt *s = NULL;
+    store_agent_row *v = NULL;
+    size_t len = 0, cap = 0;
+    void *slot;
+    int rc;
+    MID_TRY(r, sq_stmt(c, SQ_AGENT_LIST, &s));
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        store_agent a;
+        read_agent(s, &a);
+        MID_TRY(r, store_rows_grow((void **)&v, sizeof *v, &len, &cap, &slot));
+        r = store_agent_row_copy(&a, slot);
+        if (!mid_is_ok(r)) {
+            len--;
+            goto out;
+        }
+    }
+    SQ_CHECK(r, c, rc, "list agents");
+    *rows = v;
+    *n = len;
+    v = NULL;
+out:
+    sq_done(s);
+    if (v != NULL) store_agent_list_free(v, len);
+    return r;
+}
+
 const store_backend store_backend_sqlite = {
     .name = "sqlite",
     .prefix = "sqlite:",
@@ -843,4 +1395,18 @@ const store_backend store_backend_sqlite = {
     .cert_insert = sq_cert_insert,
     .cert_get = sq_cert_get,
     .cert_count_live = sq_cert_count_live,
+    .entries_revision_bump = sq_entries_revision_bump,
+    .entries_revision = sq_entries_revision,
+    .entry_insert = sq_entry_insert,
+    .entry_get = sq_entry_get,
+    .entry_delete = sq_entry_delete,
+    .entry_list = sq_entry_list,
+    .join_token_insert = sq_join_token_insert,
+    .join_token_consume = sq_join_token_consume,
+    .agent_upsert = sq_agent_upsert,
+    .agent_renew = sq_agent_renew,
+    .agent_get = sq_agent_get,
+    .agent_list = sq_agent_list,
+    .agent_set_banned = sq_agent_set_banned,
+    .agent_touch = sq_agent_touch,
 };

@@ -1,9 +1,7 @@
 /* Unit tests for identity/spiffe_id.c: every rule of the SPIFFE ID
  * specification as implemented, with valid and invalid cases. Each rejection
  * is checked for its error code and for the rule named in its message.
- *
- * Note: this file holds the identity test binary's main(). When more test
- * files join tests/unit/identity/, move main() to a shared main.c.
+ * Run by tests/unit/identity/main.c.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +15,7 @@
 
 #include "identity/spiffe_id.h"
 #include "lib/result.h"
+#include "tests/unit/identity/identity_tests.h"
 
 /* ---- helpers ------------------------------------------------------------- */
 
@@ -589,7 +588,7 @@ static void test_trust_domain_parse_lengths(void **state)
     free(td);
 }
 
-int main(void)
+int run_spiffe_id_tests(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_valid_ids),
@@ -622,5 +621,5 @@ int main(void)
         cmocka_unit_test(test_trust_domain_parse),
         cmocka_unit_test(test_trust_domain_parse_lengths),
     };
-    return cmocka_run_group_tests_name("identity", tests, NULL, NULL);
+    return cmocka_run_group_tests_name("spiffe_id", tests, NULL, NULL);
 }

@@ -13,6 +13,9 @@
 #include "storage/store.h"
 
 #define ROOT_ID "a1"
+
+/* The schema version this build migrates to. */
+#define STORE_TEST_SCHEMA_LATEST 2
 #define INTER_ID "b2"
 
 /* Asserts a mid_result is OK, printing the thread's last error if not. */
@@ -68,5 +71,7 @@ int run_audit_tests(void);
 int run_store_tests(void);
 int run_batch_tests(void);
 int run_tamper_tests(void);
+int run_registry_tests(void);
+int run_migration_tests(void);
 
 #endif

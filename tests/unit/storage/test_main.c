@@ -8,5 +8,7 @@ int main(void)
     failed += run_store_tests();
     failed += run_batch_tests();
     failed += run_tamper_tests();
+    failed += run_registry_tests();
+    failed += run_migration_tests();
     return failed == 0 ? 0 : 1;
 }

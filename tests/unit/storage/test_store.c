@@ -38,7 +38,7 @@ static void test_open_migrate_reopen(void **state)
     tmpdb t;
     tmpdb_init(&t);
     store *st = open_store(&t, NULL);
-    assert_int_equal(store_schema_version(st), 1);
+    assert_int_equal(store_schema_version(st), STORE_TEST_SCHEMA_LATEST);
     int64_t seq = -1;
     uint8_t h[STORE_HASH_LEN], zero[STORE_HASH_LEN] = {0};
     assert_mid_ok(store_audit_head(st, &seq, h));
@@ -56,14 +56,14 @@ static void test_open_migrate_reopen(void **state)
     char mode[32];
     raw_text(db, "PRAGMA journal_mode", mode, sizeof mode);
     assert_string_equal(mode, "wal");
-    assert_int_equal(raw_int(db, "PRAGMA user_version"), 1);
+    assert_int_equal(raw_int(db, "PRAGMA user_version"), STORE_TEST_SCHEMA_LATEST);
     assert_int_equal(raw_int(db, "PRAGMA application_id"), 0x6D736964);
-    assert_int_equal(raw_int(db, "SELECT count(*) FROM schema_migrations WHERE version = 1"), 1);
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM schema_migrations"), STORE_TEST_SCHEMA_LATEST);
     assert_int_equal(raw_int(db, "SELECT count(*) FROM audit_events"), 1);
     sqlite3_close(db);
 
     st = open_store(&t, NULL);
-    assert_int_equal(store_schema_version(st), 1);
+    assert_int_equal(store_schema_version(st), STORE_TEST_SCHEMA_LATEST);
     assert_mid_ok(store_audit_head(st, &seq, h));
     assert_int_equal(seq, 1);
     store_close(st);

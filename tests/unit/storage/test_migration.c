@@ -1,0 +1,176 @@
+/* storage: upgrading a database that an older meshid (schema version 1) left
+ * behind, with data and an audit chain, to the current schema. */
+#include <stdio.h>
+#include <string.h>
+
+#include "storage/audit.h"
+#include "storage/store_int.h"
+#include "storage_test.h"
+
+static int64_t raw_int(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *s = NULL;
+    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK)
+        fail_msg("prepare '%s': %s", sql, sqlite3_errmsg(db));
+    int64_t v = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int64(s, 0) : -1;
+    sqlite3_finalize(s);
+    return v;
+}
+
+/* Appends a correctly chained audit event with raw SQL, as version 1 wrote it. */
+static void raw_audit(sqlite3 *db, int64_t seq, const char *event, uint8_t prev[STORE_HASH_LEN])
+{
+    store_audit_event ev = make_event(event, "spiffe://example.org/w", NULL);
+    ev.seq = seq;
+    ev.ts_ms = 1700000000000 + seq;
+    uint8_t hash[STORE_HASH_LEN];
+    assert_true(mid_is_ok(audit_hash(&ev, prev, hash)));
+    char ph[AUDIT_HEX_LEN + 1], hh[AUDIT_HEX_LEN + 1], sql[1024];
+    audit_hex_encode(prev, ph);
+    audit_hex_encode(hash, hh);
+    snprintf(sql, sizeof sql,
+             "INSERT INTO audit_events (seq, ts_ms, actor, event, spiffe_id, serial, outcome,"
+             " reason, details, prev_hash, hash) VALUES (%lld, %lld, '%s', '%s', '%s', NULL,"
+             " '%s', '%s', '%s', '%s', '%s')",
+             (long long)ev.seq, (long long)ev.ts_ms, ev.actor, ev.event, ev.spiffe_id,
+             ev.outcome, ev.reason, ev.details, ph, hh);
+    raw_exec(db, sql);
+    memcpy(prev, hash, STORE_HASH_LEN);
+}
+
+/* A schema-1 database exactly as the version-1 migration creates it. */
+static void build_v1(const char *path)
+{
+    const char *v1 = store_sqlite_migration_sql(1);
+    assert_non_null(v1);
+    assert_non_null(store_sqlite_migration_sql(STORE_TEST_SCHEMA_LATEST));
+    assert_null(store_sqlite_migration_sql(STORE_TEST_SCHEMA_LATEST + 1));
+    assert_null(store_sqlite_migration_sql(0));
+    sqlite3 *db = raw_open(path);
+    raw_exec(db, "PRAGMA journal_mode = WAL");
+    raw_exec(db, "BEGIN");
+    raw_exec(db, v1);
+    raw_exec(db, "INSERT INTO schema_migrations VALUES (1, 'authorities, certificates,"
+                 " audit_events', 1700000000)");
+    raw_exec(db, "PRAGMA user_version = 1; PRAGMA application_id = 1836280164");
+    raw_exec(db, "INSERT INTO authorities (id, kind, state, trust_domain, parent_id, cert_pem,"
+                 " not_before, not_after, created_at) VALUES ('a1', 'root', 'active',"
+                 " 'example.org', NULL, 'PEM', 1700000000, 1800000000, 1700000000)");
+    raw_exec(db, "INSERT INTO certificates VALUES ('0f', 'spiffe://example.org/w', '"
+                 "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff', 1700000000,"
+                 " 1700003600, 'a1', 'valid', 1700000000, 'PEM')");
+    uint8_t prev[STORE_HASH_LEN] = {0};
+    raw_audit(db, 1, "ca.init", prev);
+    raw_audit(db, 2, "svid.issue", prev);
+    raw_audit(db, 3, "svid.issue", prev);
+    raw_exec(db, "COMMIT");
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'entries'"), 0);
+    sqlite3_close(db);
+}
+
+static void test_upgrade_from_v1(void **state)
+{
+    (void)state;
+    tmpdb t;
+    tmpdb_init(&t);
+    build_v1(t.db);
+
+    store *st = open_store(&t, NULL);
+    assert_int_equal(store_schema_version(st), STORE_TEST_SCHEMA_LATEST);
+    /* The old log still verifies, and new events continue it. */
+    store_audit_verdict v;
+    assert_mid_ok(store_audit_verify(st, &v));
+    assert_int_equal(v.ok, 1);
+    assert_int_equal(v.events, 3);
+    store_audit_event ev = make_event("entry.create", "spiffe://example.org/w", NULL);
+    store_audit_event out;
+    assert_mid_ok(store_audit_append(st, &ev, &out));
+    assert_int_equal(out.seq, 4);
+    /* The old rows are intact. */
+    store_authority_row *auth = NULL;
+    size_t n = 0;
+    assert_mid_ok(store_authority_list(st, &auth, &n));
+    assert_int_equal(n, 1);
+    assert_string_equal(auth[0].a.id, "a1");
+    store_authority_list_free(auth, n);
+    store_cert_row cert;
+    assert_mid_ok(store_cert_get(st, "0f", &cert));
+    assert_string_equal(cert.c.authority_id, "a1");
+    store_cert_row_clear(&cert);
+    /* The new tables work, starting from revision 0. */
+    int64_t rev = -1;
+    assert_mid_ok(store_entries_revision(st, &rev));
+    assert_int_equal(rev, 0);
+    store_selector sel[1] = {{"unix", "uid:0"}};
+    store_entry e = {.spiffe_id = "spiffe://example.org/w", .parent_id = "spiffe://example.org/a",
+                     .selectors = sel, .n_selectors = 1};
+    assert_mid_ok(store_entry_create(st, &e, &ev, NULL));
+    store_join_token tok = {.token_hash = "1111111111111111111111111111111111111111111111111111111111111111",
+                            .expires_at = 2000, .created_at = 1000};
+    assert_mid_ok(store_join_token_create(st, &tok, &ev));
+    store_agent a = {.spiffe_id = "spiffe://example.org/a", .serial = "0f", .not_after = 1};
+    assert_mid_ok(store_agent_upsert(st, &a, &ev));
+    assert_mid_ok(store_audit_verify(st, &v));
+    assert_int_equal(v.ok, 1);
+    assert_int_equal(v.events, 7);
+    store_close(st);
+
+    sqlite3 *db = raw_open(t.db);
+    assert_int_equal(raw_int(db, "PRAGMA user_version"), STORE_TEST_SCHEMA_LATEST);
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM schema_migrations"),
+                     STORE_TEST_SCHEMA_LATEST);
+    assert_int_equal(raw_int(db, "SELECT max(version) FROM schema_migrations"),
+                     STORE_TEST_SCHEMA_LATEST);
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM entries"), 1);
+    sqlite3_close(db);
+
+    /* Reopening migrates nothing more. */
+    st = open_store(&t, NULL);
+    assert_int_equal(store_schema_version(st), STORE_TEST_SCHEMA_LATEST);
+    store_close(st);
+    tmpdb_cleanup(&t);
+}
+
+/* The CHECK constraints of version 2 stop bad rows written around the store. */
+static void test_v2_constraints(void **state)
+{
+    (void)state;
+    tmpdb t;
+    tmpdb_init(&t);
+    store_close(open_store(&t, NULL));
+    sqlite3 *db = raw_open(t.db);
+    raw_exec(db, "PRAGMA foreign_keys = ON");
+    const char *bad[] = {
+        "INSERT INTO entries VALUES ('ZZ', 'spiffe://a/b', 'spiffe://a/c', '" 
+        "0000000000000000000000000000000000000000000000000000000000000000', 0, 0, 1)",
+        "INSERT INTO entries VALUES ('aa', 'a/b', 'spiffe://a/c', '"
+        "0000000000000000000000000000000000000000000000000000000000000000', 0, 0, 1)",
+        "INSERT INTO entries VALUES ('aa', 'spiffe://a/b', 'spiffe://a/c', 'xyz', 0, 0, 1)",
+        "INSERT INTO entries VALUES ('aa', 'spiffe://a/b', 'spiffe://a/c', '"
+        "0000000000000000000000000000000000000000000000000000000000000000', -1, 0, 1)",
+        "INSERT INTO entry_selectors VALUES ('nope', 'unix', 'uid:1')",
+        "INSERT INTO join_tokens VALUES ('abc', NULL, 10, 1, NULL)",
+        "INSERT INTO join_tokens VALUES ('"
+        "0000000000000000000000000000000000000000000000000000000000000000', NULL, 1, 10, NULL)",
+        "INSERT INTO agents VALUES ('spiffe://a/b', 'XY', 1, '', 1, 1, 0)",
+        "INSERT INTO agents VALUES ('spiffe://a/b', '0a', 1, '', 1, 1, 2)",
+        "UPDATE counters SET value = -1",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *err = NULL;
+        int rc = sqlite3_exec(db, bad[i], NULL, NULL, &err);
+        sqlite3_free(err);
+        if ((rc & 0xff) != SQLITE_CONSTRAINT) fail_msg("accepted: %s (rc %d)", bad[i], rc);
+    }
+    sqlite3_close(db);
+    tmpdb_cleanup(&t);
+}
+
+int run_migration_tests(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_upgrade_from_v1),
+        cmocka_unit_test(test_v2_constraints),
+    };
+    return cmocka_run_group_tests_name("migration", tests, NULL, NULL);
+}
