@@ -43,7 +43,7 @@ void ca_svid_free(ca_svid *s)
 /* Everything one issuance holds; released by issue_state_clear. */
 typedef struct {
     spiffe_id *id;
-    X509_REQ *req;
+    ca_csr *csr;
     EVP_PKEY *generated;
     X509 *leaf;
     char *leaf_pem;
@@ -54,7 +54,7 @@ typedef struct {
 static void issue_state_clear(issue_state *s)
 {
     spiffe_id_free(s->id);
-    X509_REQ_free(s->req);
+    ca_csr_free(s->csr);
     EVP_PKEY_free(s->generated);
     X509_free(s->leaf);
     free(s->leaf_pem);
@@ -71,21 +71,34 @@ static mid_result check_dns(const ca_issue_req *req)
     return mid_ok();
 }
 
+/* The audit details, {"authority_id","csr","dns","key_fp","not_after","ttl"}
+ * exactly as json_dumps(JSON_COMPACT | JSON_SORT_KEYS) would write them, but
+ * printed directly: every value is hex, an RFC 3339 time, a number or a DNS
+ * name that check_dns has limited to letters, digits, '-', '.' and a leading
+ * '*', so nothing needs escaping. */
 static mid_result build_details(const ca *c, const ca_issue_req *req, int64_t not_after,
                                 int64_t ttl, const char *fp, char **out)
 {
     char na[TIME_RFC3339_LEN];
     time_format_rfc3339(not_after, na);
-    json_t *dns = json_array();
-    MID_ENSURE(dns != NULL, MID_E_NOMEM, "out of memory");
-    for (size_t i = 0; i < req->n_dns; i++) json_array_append_new(dns, json_string(req->dns[i]));
-    json_t *o = json_pack("{s:s, s:s, s:I, s:o, s:s, s:b}", "authority_id", c->authority_id,
-                          "not_after", na, "ttl", (json_int_t)ttl, "dns", dns, "key_fp", fp,
-                          "csr", req->csr != NULL);
-    MID_ENSURE(o != NULL, MID_E_NOMEM, "cannot build audit details");
-    *out = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
-    json_decref(o);
-    MID_ENSURE(*out != NULL, MID_E_NOMEM, "cannot build audit details");
+    size_t cap = 256 + strlen(c->authority_id) + strlen(fp) + strlen(na);
+    for (size_t i = 0; i < req->n_dns; i++) cap += strlen(req->dns[i]) + 3;
+    char *s = malloc(cap);
+    MID_ENSURE(s != NULL, MID_E_NOMEM, "out of memory");
+    size_t o = 0;
+    o += (size_t)snprintf(s + o, cap - o, "{\"authority_id\":\"%s\",\"csr\":%s,\"dns\":[",
+                          c->authority_id, req->csr != NULL ? "true" : "false");
+    for (size_t i = 0; i < req->n_dns && o < cap; i++)
+        o += (size_t)snprintf(s + o, cap - o, "%s\"%s\"", i > 0 ? "," : "", req->dns[i]);
+    if (o < cap)
+        o += (size_t)snprintf(s + o, cap - o,
+                              "],\"key_fp\":\"%s\",\"not_after\":\"%s\",\"ttl\":%lld}", fp, na,
+                              (long long)ttl);
+    if (o >= cap) {
+        free(s);
+        MID_BAIL(MID_E_INTERNAL, "audit details longer than expected");
+    }
+    *out = s;
     return mid_ok();
 }
 
@@ -94,7 +107,6 @@ static mid_result issue(ca *c, const ca_issue_req *req, ca_svid **out)
     mid_result r = MID_OK_RESULT;
     issue_state s = {0};
     char serial[CA_SERIAL_HEX_LEN + 1], fp[CA_FP_HEX_LEN + 1];
-    EVP_PKEY *pub = NULL;
 
     MID_CHECK(r, req->spiffe_id != NULL && req->spiffe_id[0] != '\0', MID_E_INVALID,
               "no SPIFFE ID requested");
@@ -109,13 +121,18 @@ static mid_result issue(ca *c, const ca_issue_req *req, ca_svid **out)
     if (ttl > CA_SVID_TTL_MAX) ttl = CA_SVID_TTL_MAX;
     MID_TRY(r, check_dns(req));
 
+    /* A CSR's key goes into the certificate as its raw SubjectPublicKeyInfo
+     * (no EVP_PKEY encode/decode round trip) and is fingerprinted from the
+     * same bytes. */
+    const ca_spki *spki = NULL;
     if (req->csr != NULL) {
-        MID_TRY(r, ca_csr_intake(req->csr, req->csr_len, spiffe_id_str(s.id), &s.req));
-        pub = X509_REQ_get0_pubkey(s.req);
+        MID_TRY(r, ca_csr_intake(req->csr, req->csr_len, spiffe_id_str(s.id), &s.csr));
+        spki = ca_csr_spki(s.csr);
+        MID_TRY(r, ca_key_fingerprint_spki(spki->der, spki->der_len, fp));
     } else {
         ca_key_type kt = req->key_type == 0 ? CA_KEY_EC_P256 : req->key_type;
         MID_TRY(r, ca_key_generate(kt, &s.generated));
-        pub = s.generated;
+        MID_TRY(r, ca_key_fingerprint(s.generated, fp));
     }
 
     /* Backdated for clock skew; never before the issuer's notBefore, never
@@ -128,13 +145,12 @@ static mid_result issue(ca *c, const ca_issue_req *req, ca_svid **out)
     MID_CHECK(r, na > now, MID_E_STATE, "signing authority %s has expired", c->authority_id);
 
     ca_x509_svid_params p = {
-        .pubkey = pub, .spiffe_id = spiffe_id_str(s.id), .dns = req->dns, .n_dns = req->n_dns,
+        .pubkey = s.generated, .spki = spki, .spiffe_id = spiffe_id_str(s.id), .dns = req->dns, .n_dns = req->n_dns,
         .not_before = nb, .not_after = na, .issuer_name = c->issuer_name,
         .issuer_key_id = c->issuer_key_id, .issuer_key = c->key,
     };
     MID_TRY(r, ca_x509_build_svid(&p, &s.leaf, serial));
     MID_TRY(r, ca_x509_append_pem(s.leaf, &s.leaf_pem));
-    MID_TRY(r, ca_key_fingerprint(pub, fp));
     MID_TRY(r, build_details(c, req, na, ttl, fp, &s.details));
 
     s.svid = calloc(1, sizeof *s.svid);

@@ -4,6 +4,7 @@
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -333,26 +334,57 @@ MID_RESULT ca_x509_build_intermediate(const ca_x509_authority_params *p, X509 **
     return build_authority(p, 0, out);
 }
 
+/* The certificate's subjectPublicKeyInfo from a parsed SPKI: the same
+ * algorithm, parameters (curve OID, or NULL for RSA) and key bits, without
+ * building or encoding an EVP_PKEY. The certificate then has no cached
+ * EVP_PKEY; X509_get0_pubkey decodes one on demand (never needed here). */
+static mid_result set_spki(X509 *x, const ca_spki *k)
+{
+    MID_ENSURE(k->key_nid == NID_X9_62_id_ecPublicKey || k->key_nid == NID_rsaEncryption,
+               MID_E_INTERNAL, "unexpected key type");
+    MID_ENSURE(k->pub_len > 0 && k->pub_len <= INT_MAX, MID_E_INTERNAL, "bad public key length");
+    int ec = k->key_nid == NID_X9_62_id_ecPublicKey;
+    ASN1_OBJECT *alg = OBJ_nid2obj(k->key_nid);       /* static objects: no free needed */
+    ASN1_OBJECT *curve = ec ? OBJ_nid2obj(k->curve_nid) : NULL;
+    MID_ENSURE(alg != NULL && (!ec || curve != NULL), MID_E_INTERNAL, "unknown key OID");
+    unsigned char *bits = OPENSSL_memdup(k->pub, k->pub_len);
+    MID_ENSURE(bits != NULL, MID_E_NOMEM, "out of memory");
+    if (X509_PUBKEY_set0_param(X509_get_X509_PUBKEY(x), alg, ec ? V_ASN1_OBJECT : V_ASN1_NULL,
+                               curve, bits, (int)k->pub_len) != 1) {
+        OPENSSL_free(bits);
+        return mid_fail_ossl(MID_E_CRYPTO, __FILE__, __LINE__, "cannot set the public key");
+    }
+    return mid_ok();
+}
+
 MID_RESULT ca_x509_build_svid(const ca_x509_svid_params *p, X509 **out,
                               char serial_hex[CA_SERIAL_HEX_LEN + 1])
 {
     mid_result r = MID_OK_RESULT;
     X509 *x = NULL;
-    X509_NAME *name = NULL;
-    MID_CHECK(r, p->pubkey != NULL && p->spiffe_id != NULL && p->issuer_name != NULL &&
-                     p->issuer_key_id != NULL && p->issuer_key != NULL,
+    MID_CHECK(r, (p->pubkey != NULL) != (p->spki != NULL) && p->spiffe_id != NULL &&
+                     p->issuer_name != NULL && p->issuer_key_id != NULL && p->issuer_key != NULL,
               MID_E_INTERNAL, "missing parameters");
     MID_TRY(r, new_cert(&x, serial_hex));
-    MID_TRY(r, make_name(NULL, NULL, &name));
-    MID_CHECK_OSSL(r, X509_set_subject_name(x, name), MID_E_CRYPTO, "cannot set subject");
+    /* Subject O=meshid written into the certificate's own (empty) name, as
+     * make_name would build it, without building and copying a second one. */
+    MID_CHECK_OSSL(r, X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "O", MBSTRING_ASC,
+                                                 (const unsigned char *)"meshid", -1, -1, 0),
+                   MID_E_CRYPTO, "cannot set subject");
     MID_CHECK_OSSL(r, X509_set_issuer_name(x, p->issuer_name), MID_E_CRYPTO,
                    "cannot set issuer");
     MID_TRY(r, set_validity(x, p->not_before, p->not_after));
-    MID_CHECK_OSSL(r, X509_set_pubkey(x, p->pubkey), MID_E_CRYPTO, "cannot set the public key");
+    if (p->spki != NULL)
+        MID_TRY(r, set_spki(x, p->spki));
+    else
+        MID_CHECK_OSSL(r, X509_set_pubkey(x, p->pubkey), MID_E_CRYPTO,
+                       "cannot set the public key");
     MID_TRY(r, add_basic_constraints(x, 0, -1));
     static const int ec_bits[] = {KU_BIT_DIGITAL_SIGNATURE};
     static const int rsa_bits[] = {KU_BIT_DIGITAL_SIGNATURE, KU_BIT_KEY_ENCIPHERMENT};
-    if (EVP_PKEY_get_base_id(p->pubkey) == EVP_PKEY_RSA)
+    int is_rsa = p->spki != NULL ? p->spki->key_nid == NID_rsaEncryption
+                                 : EVP_PKEY_get_base_id(p->pubkey) == EVP_PKEY_RSA;
+    if (is_rsa)
         MID_TRY(r, add_key_usage(x, rsa_bits, 2));
     else
         MID_TRY(r, add_key_usage(x, ec_bits, 1));
@@ -365,7 +397,6 @@ MID_RESULT ca_x509_build_svid(const ca_x509_svid_params *p, X509 **out,
     x = NULL;
 out:
     X509_free(x);
-    X509_NAME_free(name);
     return r;
 }
 
@@ -405,24 +436,36 @@ MID_RESULT ca_x509_check_dns_name(const char *name)
     return mid_ok();
 }
 
+/* PEM by hand: i2d_X509 and base64 in 64-character lines, byte for byte
+ * what PEM_write_bio_X509 writes, without a BIO and its buffer copies. */
 MID_RESULT ca_x509_append_pem(X509 *x, char **pem)
 {
-    mid_result r = MID_OK_RESULT;
-    BIO *b = BIO_new(BIO_s_mem());
-    MID_CHECK_MEM(r, b);
-    MID_CHECK_OSSL(r, PEM_write_bio_X509(b, x), MID_E_CRYPTO, "cannot encode certificate");
-    char *data = NULL;
-    long n = BIO_get_mem_data(b, &data);
-    MID_CHECK(r, n > 0, MID_E_CRYPTO, "cannot encode certificate");
+    static const char begin[] = "-----BEGIN CERTIFICATE-----\n";
+    static const char end[] = "-----END CERTIFICATE-----\n";
+    unsigned char *der = NULL;
+    int n = i2d_X509(x, &der);
+    if (n <= 0) return mid_fail_ossl(MID_E_CRYPTO, __FILE__, __LINE__, "cannot encode certificate");
+    size_t lines = ((size_t)n + 47) / 48;
+    size_t body = ((size_t)n + 2) / 3 * 4 + lines; /* base64 plus one newline a line */
+    size_t add = sizeof begin - 1 + body + sizeof end - 1;
     size_t old = *pem != NULL ? strlen(*pem) : 0;
-    char *s = realloc(*pem, old + (size_t)n + 1);
-    MID_CHECK_MEM(r, s);
-    memcpy(s + old, data, (size_t)n);
-    s[old + (size_t)n] = '\0';
+    char *s = realloc(*pem, old + add + 1);
+    if (s == NULL) {
+        OPENSSL_free(der);
+        MID_BAIL(MID_E_NOMEM, "out of memory");
+    }
     *pem = s;
-out:
-    BIO_free(b);
-    return r;
+    char *o = s + old;
+    memcpy(o, begin, sizeof begin - 1);
+    o += sizeof begin - 1;
+    for (size_t at = 0; at < (size_t)n; at += 48) {
+        size_t chunk = (size_t)n - at < 48 ? (size_t)n - at : 48;
+        o += EVP_EncodeBlock((unsigned char *)o, der + at, (int)chunk);
+        *o++ = '\n';
+    }
+    memcpy(o, end, sizeof end);
+    OPENSSL_free(der);
+    return mid_ok();
 }
 
 MID_RESULT ca_x509_stack_from_pem(const char *pem, size_t len, const char *what,

@@ -36,5 +36,12 @@ int cmd_ca(cli_ctx *ctx, int argc, char **argv);
 int cmd_svid(cli_ctx *ctx, int argc, char **argv);
 int cmd_bundle(cli_ctx *ctx, int argc, char **argv);
 int cmd_audit(cli_ctx *ctx, int argc, char **argv);
+/* cmd_server: argv[0] is "server" (it has no verb). */
+int cmd_server(cli_ctx *ctx, int argc, char **argv);
+int cmd_token(cli_ctx *ctx, int argc, char **argv);
+int cmd_entry(cli_ctx *ctx, int argc, char **argv);
+/* agent list | evict (cli/cmd_admin.c); anything else runs the node agent. */
+int cmd_agent(cli_ctx *ctx, int argc, char **argv);
+int cmd_agent_run(cli_ctx *ctx, int argc, char **argv);
 
 #endif

@@ -113,5 +113,7 @@ out:
 int cmd_svid(cli_ctx *ctx, int argc, char **argv)
 {
     if (strcmp(argv[0], "mint") == 0) return svid_mint_cmd(ctx, argc, argv);
+    int svid_fetch_cmd(cli_ctx *, int, char **); /* cmd_svid_fetch.c; until cli.h declares it */
+    if (strcmp(argv[0], "fetch") == 0) return svid_fetch_cmd(ctx, argc, argv);
     return cli_usage(NULL, "unknown verb 'svid %s' (mint)", argv[0]);
 }

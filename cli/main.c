@@ -27,6 +27,11 @@ static const char *usage_text =
     "              [--limit N] [--json]\n"
     "  audit verify [--head FILE] [--bundle FILE]\n"
     "  audit head [--out FILE]\n"
+    "  server [--listen HOST:PORT] [--svid-ttl D]   run the server (node API, admin API)\n"
+    "  token generate [--ttl D] [--spiffe-id ID]     a one-time join token for an agent\n"
+    "  entry create --spiffe-id ID --parent-id ID --selector T:V [--selector ...] [--ttl D] [--dns N]...\n"
+    "  entry list [--parent-id ID] | entry show ID | entry delete ID\n"
+    "  agent list | agent evict SPIFFE_ID\n"
     "  version\n"
     "\n"
     "--data-dir defaults to $MESHID_DATA_DIR, else ./var. Times: RFC 3339 or a duration (1h = one\n"
@@ -40,6 +45,9 @@ static const struct {
     {"svid", cmd_svid},
     {"bundle", cmd_bundle},
     {"audit", cmd_audit},
+    {"token", cmd_token},
+    {"entry", cmd_entry},
+    {"agent", cmd_agent},
 };
 
 int cli_fail(mid_result r)
@@ -133,6 +141,7 @@ int main(int argc, char **argv)
         printf("meshid %s\n", MESHID_VERSION);
         return CLI_EXIT_OK;
     }
+    if (strcmp(argv[1], "server") == 0) return cmd_server(&ctx, argc - 1, argv + 1); /* no verb */
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
         if (strcmp(argv[1], commands[i].noun) == 0) {
             if (argc < 3) return cli_usage(NULL, "'%s' needs a verb; see 'meshid help'", argv[1]);

@@ -77,16 +77,20 @@ typedef struct {
 } rpc_md;
 
 /* PEM material for mutual TLS; every string NUL-terminated. For servers:
- * ca_pem verifies client certificates, which are required. For clients:
- * ca_pem verifies the server; cert/key are the client's own; server_name
- * (optional) overrides the name checked against the server certificate;
- * server_spiffe_id (optional) must equal the server certificate's URI SAN. */
+ * ca_pem verifies client certificates, which are required unless
+ * client_cert_optional is set (then they are requested and, when presented,
+ * verified; a call without one sees kind RPC_PEER_TLS with spiffe_id NULL).
+ * For clients: ca_pem verifies the server; cert/key are the client's own;
+ * server_name (optional) overrides the name checked against the server
+ * certificate; server_spiffe_id (optional) must equal the server
+ * certificate's URI SAN. */
 typedef struct {
     const char *ca_pem;
     const char *cert_pem;
     const char *key_pem;
     const char *server_name;
     const char *server_spiffe_id;
+    bool client_cert_optional; /* servers only */
 } rpc_tls;
 
 /* ---- loop, timers, wake-ups ---------------------------------------------- */
@@ -168,6 +172,13 @@ MID_RESULT rpc_server_register(rpc_server *srv, const char *method, rpc_kind kin
  * UNAUTHENTICATED. SO_REUSEPORT is off. Before rpc_server_start. */
 MID_RESULT rpc_server_add_tcp(rpc_server *srv, const char *addr, const rpc_tls *tls, int *port_out);
 
+/* Replaces the CA bundle, certificate and key of every TLS port of `srv`
+ * for handshakes from now on (open connections keep theirs); used to rotate
+ * the server's own SVID. The strings are copied. client_cert_optional and
+ * the client fields of `tls` are ignored. MID_E_STATE when srv has no TLS
+ * port, MID_E_INVALID for missing PEM, MID_E_NOMEM. Loop thread. */
+MID_RESULT rpc_server_set_tls(rpc_server *srv, const rpc_tls *tls);
+
 /* Listens on a Unix socket at `path` with file mode `mode`; each caller's
  * uid, gid and pid are captured at accept. MID_E_EXISTS when something
  * already answers on the path or the path is not a socket (a stale socket
@@ -183,7 +194,9 @@ typedef enum { RPC_PEER_INSECURE, RPC_PEER_TLS, RPC_PEER_UNIX } rpc_peer_kind;
 
 typedef struct {
     rpc_peer_kind kind;
-    const char *spiffe_id; /* RPC_PEER_TLS: the client cert's URI SAN */
+    const char *spiffe_id; /* RPC_PEER_TLS: the client cert's URI SAN; NULL when
+                            * the port's client_cert_optional let a call in
+                            * without a certificate */
     uid_t uid;             /* RPC_PEER_UNIX: SO_PEERCRED at accept */
     gid_t gid;
     pid_t pid;

@@ -244,13 +244,14 @@ static bool set_peer(rpc_call *c)
         return true;
     }
     const char *id = NULL;
-    mid_result r = rpc_tls_call_peer(c->gc, c->arena, &id);
+    bool tls = false;
+    mid_result r = rpc_tls_call_peer(c->gc, c->arena, &tls, &id);
     if (!mid_is_ok(r)) {
         LOG_INFO("rpc: %s refused: %s", c->m->path, mid_errmsg());
         reject(c, RPC_UNAUTHENTICATED, "client certificate must carry exactly one SPIFFE ID");
         return false;
     }
-    c->peer.kind = id ? RPC_PEER_TLS : RPC_PEER_INSECURE;
+    c->peer.kind = tls || id ? RPC_PEER_TLS : RPC_PEER_INSECURE;
     c->peer.spiffe_id = id;
     return true;
 }

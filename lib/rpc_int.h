@@ -167,6 +167,7 @@ struct rpc_server {
     struct rpc_uid_count *uids;
     size_t nuids;
     grpc_channel_args *args; /* shared by all grpc_servers */
+    struct rpc_tls_cfg *tls_cfgs; /* one per TLS port, freed after the grpc_servers */
 };
 
 struct rpc_uconn {
@@ -209,14 +210,23 @@ void rpc_unix_conn_gone(rpc_uconn *c); /* the conn's grpc_server was destroyed *
 void rpc_unix_free(rpc_server *srv);
 
 /* rpc_tls.c */
-grpc_server_credentials *rpc_tls_server_creds(const rpc_tls *tls);
+typedef struct rpc_tls_cfg rpc_tls_cfg; /* a TLS port's swappable material */
+/* Server credentials reading their material through a config fetcher, so
+ * rpc_server_set_tls can rotate it; *cfg is the fetcher's state, which must
+ * outlive the grpc_server (freed with rpc_tls_cfg_free). NULL on failure. */
+grpc_server_credentials *rpc_tls_server_creds(const rpc_tls *tls, rpc_tls_cfg **cfg);
+/* Updates every cfg of the list (new handshakes load it). */
+MID_RESULT rpc_tls_cfg_update(rpc_tls_cfg *list, const rpc_tls *tls);
+void rpc_tls_cfg_push(rpc_tls_cfg **list, rpc_tls_cfg *cfg);
+void rpc_tls_cfg_free(rpc_tls_cfg *cfg); /* the whole ->next list */
 grpc_channel_credentials *rpc_tls_client_creds(const rpc_tls *tls);
 /* Extracts the single spiffe:// URI SAN of a PEM certificate into `a`.
  * MID_E_DENIED when there is not exactly one. */
 MID_RESULT rpc_tls_spiffe_id(const char *pem, size_t len, arena *a, const char **out);
 /* The peer's SPIFFE ID from a call's auth context: OK with *out NULL when
- * the call is not over TLS; MID_E_DENIED when TLS without exactly one. */
-MID_RESULT rpc_tls_call_peer(grpc_call *gc, arena *a, const char **out);
+ * the call is not over TLS or presented no certificate (*is_tls tells
+ * which); MID_E_DENIED when a certificate without exactly one. */
+MID_RESULT rpc_tls_call_peer(grpc_call *gc, arena *a, bool *is_tls, const char **out);
 
 /* rpc_client.c */
 void rpc_on_stream_event(rpc_tag *t, bool ok);

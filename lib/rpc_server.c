@@ -151,8 +151,11 @@ mid_result rpc_server_add_tcp(rpc_server *srv, const char *addr, const rpc_tls *
     if (!srv->main) MID_GUARD(rpc_gsrv_new(srv, NULL, &srv->main));
     grpc_server_credentials *creds;
     if (tls) {
-        creds = rpc_tls_server_creds(tls);
+        rpc_tls_cfg *cfg = NULL;
+        creds = rpc_tls_server_creds(tls, &cfg);
         MID_ENSURE(creds != NULL, MID_E_CRYPTO, "bad TLS material for %s", addr);
+        /* the fetcher may run until the grpc_server is destroyed */
+        rpc_tls_cfg_push(&srv->tls_cfgs, cfg);
     } else {
         creds = grpc_insecure_server_credentials_create();
     }
@@ -161,6 +164,13 @@ mid_result rpc_server_add_tcp(rpc_server *srv, const char *addr, const rpc_tls *
     MID_ENSURE(port > 0, MID_E_IO, "cannot listen on %s", addr);
     if (port_out) *port_out = port;
     return mid_ok();
+}
+
+mid_result rpc_server_set_tls(rpc_server *srv, const rpc_tls *tls)
+{
+    MID_ENSURE(srv && tls, MID_E_INVALID, "missing arguments");
+    MID_ENSURE(srv->tls_cfgs != NULL, MID_E_STATE, "server has no TLS port");
+    return rpc_tls_cfg_update(srv->tls_cfgs, tls);
 }
 
 mid_result rpc_server_start(rpc_server *srv)
@@ -247,6 +257,7 @@ void rpc_server_free_all(rpc_loop *loop)
         rpc_list_del(&srv->link);
         rpc_unix_free(srv);
         free_args(srv->args);
+        rpc_tls_cfg_free(srv->tls_cfgs);
         free(srv->methods);
         free(srv);
     }

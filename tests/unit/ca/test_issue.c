@@ -275,6 +275,10 @@ static void t_issue_generated_ec(void **state)
     assert_int_equal(json_array_size(json_object_get(d, "dns")), 2);
     assert_int_equal(strlen(json_string_value(json_object_get(d, "key_fp"))), 64);
     assert_true(json_is_false(json_object_get(d, "csr")));
+    /* printed by hand, byte for byte what jansson would have written */
+    char *canon = json_dumps(d, JSON_COMPACT | JSON_SORT_KEYS);
+    assert_string_equal(row.ev.details, canon);
+    free(canon);
     json_decref(d);
     store_audit_row_clear(&row);
     ca_svid_free(s);
@@ -296,6 +300,24 @@ static void t_issue_csr_ec_and_rsa(void **state)
         check_profile(e, s, ID, NULL, 0, i == 2, 600);
         parsed p = parse_svid(s);
         assert_int_equal(EVP_PKEY_eq(X509_get0_pubkey(p.leaf), k), 1);
+        /* The certificate carries the CSR's SubjectPublicKeyInfo byte for
+         * byte (copied, not re-encoded from a key), and the stored
+         * fingerprint is the old definition's: SHA-256 of i2d_PUBKEY. */
+        unsigned char *want = NULL, *got = NULL;
+        int want_len = i2d_PUBKEY(k, &want);
+        int got_len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(p.leaf), &got);
+        assert_true(want_len > 0);
+        assert_int_equal(got_len, want_len);
+        assert_memory_equal(got, want, (size_t)want_len);
+        char fp[CA_FP_HEX_LEN + 1];
+        assert_ok(ca_key_fingerprint(k, fp));
+        store_cert_row row;
+        memset(&row, 0, sizeof row);
+        assert_ok(store_cert_get(e->st, ca_svid_serial(s), &row));
+        assert_string_equal(row.c.key_fp, fp);
+        store_cert_row_clear(&row);
+        OPENSSL_free(want);
+        OPENSSL_free(got);
         parsed_free(&p);
         ca_svid_free(s);
         free(csr);

@@ -61,7 +61,7 @@ typedef struct {
 static void peer_string(rpc_call *call, char *buf, size_t cap)
 {
     const rpc_peer *p = rpc_call_peer(call);
-    if (p->kind == RPC_PEER_TLS) snprintf(buf, cap, "%s", p->spiffe_id);
+    if (p->kind == RPC_PEER_TLS) snprintf(buf, cap, "%s", p->spiffe_id ? p->spiffe_id : "tls-anonymous");
     else if (p->kind == RPC_PEER_UNIX)
         snprintf(buf, cap, "%u:%u:%d", (unsigned)p->uid, (unsigned)p->gid, (int)p->pid);
     else snprintf(buf, cap, "insecure");
@@ -391,6 +391,82 @@ static void test_unary_mtls(void **state)
 
     rpc_channel_free(ch2);
     fx_free(&f);
+    test_pki_free(&pki);
+}
+
+/* client_cert_optional: certificates are requested, verified when given,
+ * and a call without one reaches the handler with spiffe_id NULL; then the
+ * server's certificate is rotated for new handshakes. */
+static void test_mtls_optional_and_rotate(void **state)
+{
+    (void)state;
+    test_pki pki;
+    assert_true(test_pki_make(&pki));
+    fx f;
+    fx_init(&f, NULL);
+    rpc_tls stls = {.ca_pem = pki.ca_pem, .cert_pem = pki.server_cert, .key_pem = pki.server_key,
+                    .client_cert_optional = true};
+    fx_tcp(&f, &stls);
+    assert_true(mid_is_ok(rpc_server_start(f.srv)));
+    rpc_call_opts o = {.timeout_ms = 5000};
+
+    rpc_tls ctls = {.ca_pem = pki.ca_pem, .cert_pem = pki.client_cert, .key_pem = pki.client_key,
+                    .server_name = "localhost"};
+    rpc_channel *ch;
+    assert_true(mid_is_ok(rpc_channel_new(f.loop, f.target, &ctls, 0, &ch)));
+    call_echo(&f, ch, "with-cert", &o);
+    assert_int_equal(f.code, RPC_OK);
+    assert_int_equal(f.svc.peer_kind, RPC_PEER_TLS);
+    assert_string_equal(f.svc.peer_id, "spiffe://test.example/client");
+
+    /* no client certificate: the call goes through, anonymously */
+    rpc_tls nocert = {.ca_pem = pki.ca_pem, .server_name = "localhost"};
+    rpc_channel *ch2;
+    assert_true(mid_is_ok(rpc_channel_new(f.loop, f.target, &nocert, 0, &ch2)));
+    call_echo(&f, ch2, "anon", &o);
+    assert_int_equal(f.code, RPC_OK);
+    assert_int_equal(f.svc.peer_kind, RPC_PEER_TLS);
+    assert_string_equal(f.svc.peer_id, "");
+    assert_string_equal(f.peer, "tls-anonymous");
+
+    /* a certificate is still checked when presented */
+    rpc_tls nouri = {.ca_pem = pki.ca_pem, .cert_pem = pki.nouri_cert, .key_pem = pki.nouri_key,
+                     .server_name = "localhost"};
+    rpc_channel *ch3;
+    assert_true(mid_is_ok(rpc_channel_new(f.loop, f.target, &nouri, 0, &ch3)));
+    int starts = f.svc.starts;
+    call_echo(&f, ch3, "nouri", &o);
+    assert_int_equal(f.code, RPC_UNAUTHENTICATED);
+    assert_int_equal(f.svc.starts, starts);
+
+    /* a client certificate from another CA fails the handshake */
+    test_pki other;
+    assert_true(test_pki_make(&other));
+    rpc_tls foreign = {.ca_pem = pki.ca_pem, .cert_pem = other.client_cert,
+                       .key_pem = other.client_key, .server_name = "localhost"};
+    rpc_channel *ch4;
+    assert_true(mid_is_ok(rpc_channel_new(f.loop, f.target, &foreign, 0, &ch4)));
+    call_echo(&f, ch4, "foreign", &o);
+    assert_int_equal(f.code, RPC_UNAVAILABLE);
+    assert_int_equal(f.svc.starts, starts);
+
+    /* rotation: new handshakes present the new certificate (DNS nouri...) */
+    rpc_tls rot = {.ca_pem = pki.ca_pem, .cert_pem = pki.nouri_cert, .key_pem = pki.nouri_key};
+    assert_true(mid_is_ok(rpc_server_set_tls(f.srv, &rot)));
+    rpc_tls want_new = {.ca_pem = pki.ca_pem, .server_name = "nouri.test.example"};
+    rpc_channel *ch5;
+    assert_true(mid_is_ok(rpc_channel_new(f.loop, f.target, &want_new, 0, &ch5)));
+    call_echo(&f, ch5, "rotated", &o);
+    assert_int_equal(f.code, RPC_OK);
+    rpc_channel *ch6; /* a new connection expecting the old name now fails */
+    assert_true(mid_is_ok(rpc_channel_new(f.loop, f.target, &nocert, 0, &ch6)));
+    call_echo(&f, ch6, "old-name", &o);
+    assert_int_equal(f.code, RPC_UNAVAILABLE);
+    rpc_tls incomplete = {.ca_pem = pki.ca_pem};
+    assert_false(mid_is_ok(rpc_server_set_tls(f.srv, &incomplete)));
+
+    fx_free(&f);
+    test_pki_free(&other);
     test_pki_free(&pki);
 }
 
@@ -1036,6 +1112,7 @@ int run_rpc_tests(void)
         cmocka_unit_test(test_wake_from_thread),
         cmocka_unit_test(test_unary_tcp_plaintext),
         cmocka_unit_test(test_unary_mtls),
+        cmocka_unit_test(test_mtls_optional_and_rotate),
         cmocka_unit_test(test_unary_unix),
         cmocka_unit_test(test_unix_conn_cap),
         cmocka_unit_test(test_unix_silent_client),

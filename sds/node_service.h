@@ -1,0 +1,86 @@
+/* The server side of the node API (meshid.agent.v1.Node): join-token
+ * attestation, agent SVID renewal, batched signing of workload CSRs for the
+ * entries an agent serves, and the Sync stream that pushes the trust bundle
+ * and the agent's entries (docs/server.md).
+ *
+ * Threading: every function here runs on the rpc loop thread. Blocking work
+ * (token consumption, signing, durable writes) runs on the workpool; the
+ * store and CA are only read on the loop thread.
+ *
+ * Identity: AttestAgent needs no client certificate; every other method
+ * takes the caller's identity from its TLS client certificate (the port must
+ * be set up with client_cert_optional) and requires it to be a known agent
+ * that is not banned.
+ */
+#ifndef MESHID_SDS_NODE_SERVICE_H
+#define MESHID_SDS_NODE_SERVICE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ca/ca.h"
+#include "lib/arena.h"
+#include "lib/result.h"
+#include "lib/rpc.h"
+#include "lib/workpool.h"
+#include "meshid/agent/v1/agent.pb-c.h"
+#include "storage/store.h"
+
+typedef struct node_service node_service;
+
+#define NODE_BATCH_MAX 256          /* requests per BatchSignX509SVID */
+#define NODE_JOIN_TOKEN_MAX 256     /* bytes of a presented join token */
+#define NODE_HOSTNAME_MAX 255       /* bytes of a reported hostname */
+#define NODE_SYNC_POLL_MS 1000      /* how often Sync looks for changes */
+
+typedef struct {
+    store *st;            /* borrowed; outlives the service */
+    ca *ca;               /* borrowed; outlives the service */
+    workpool *wp;         /* borrowed */
+    rpc_loop *loop;       /* borrowed */
+    int64_t agent_svid_ttl; /* seconds; 0: CA_SVID_TTL_DEFAULT */
+    int64_t sync_poll_ms; /* 0: NODE_SYNC_POLL_MS */
+} node_service_opts;
+
+/* Creates the service and loads the trust bundle. MID_E_NOMEM, or the
+ * CA's error when the bundle cannot be read. */
+MID_RESULT node_service_new(const node_service_opts *o, node_service **out);
+
+/* Registers the four Node methods on `srv` (before rpc_server_start) and
+ * starts the Sync poll timer. */
+MID_RESULT node_service_register(node_service *ns, rpc_server *srv);
+
+/* Closes every open Sync stream of agent `spiffe_id` with PERMISSION_DENIED
+ * (called by the admin service right after an eviction is durable; the poll
+ * catches evictions made by other processes). */
+void node_service_agent_evicted(node_service *ns, const char *agent_id);
+
+/* The newest acks agent `spiffe_id` sent on a Sync stream since this
+ * process started; false when it sent none. */
+bool node_service_agent_acks(const node_service *ns, const char *agent_id,
+                             uint64_t *bundle_seq_ack, uint64_t *entries_rev_ack);
+
+/* The trust bundle as last loaded: PEM (owned by the service, valid until
+ * the next poll) and its sequence number. */
+const char *node_service_bundle_pem(const node_service *ns, uint64_t *seq);
+
+/* Stops the poll timer; call before rpc_loop_free. Open streams are ended
+ * by rpc_loop_free. */
+void node_service_shutdown(node_service *ns);
+
+/* Frees the service; after rpc_loop_free (handlers may run until then).
+ * NULL is a no-op. */
+void node_service_free(node_service *ns);
+
+/* ---- helpers shared with the admin service --------------------------------- */
+
+/* The gRPC code for a meshid error: INVALID/TOO_LARGE -> INVALID_ARGUMENT,
+ * NOT_FOUND, EXISTS -> ALREADY_EXISTS, DENIED -> PERMISSION_DENIED, STATE ->
+ * FAILED_PRECONDITION, BUSY -> UNAVAILABLE, the rest INTERNAL. */
+rpc_code node_rpc_code(mid_err err);
+
+/* Fills `out` (initialised here) from a stored entry; strings and arrays are
+ * copied into `a`. MID_E_NOMEM when the arena is exhausted. */
+MID_RESULT node_entry_to_proto(arena *a, const store_entry *e, Meshid__Agent__V1__Entry *out);
+
+#endif

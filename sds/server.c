@@ -1,0 +1,333 @@
+/* The server process composition. See sds/server.h and docs/server.md. */
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "ca/ca.h"
+#include "identity/spiffe_id.h"
+#include "lib/fsutil.h"
+#include "lib/log.h"
+#include "lib/timeutil.h"
+#include "lib/workpool.h"
+#include "sds/admin_service.h"
+#include "sds/node_service.h"
+#include "sds/server.h"
+#include "storage/store.h"
+
+#define PATH_CAP 4096
+#define TLS_CHECK_MS 30000 /* how often the TLS material is looked at */
+
+struct server {
+    rpc_loop *loop;
+    store *st;
+    ca *ca;
+    workpool *wp;
+    node_service *ns;
+    admin_service *as;
+    rpc_server *node_srv, *admin_srv;
+    int port;
+    char listen[256];
+    char admin_path[PATH_CAP];
+    char td[SPIFFE_TD_MAX + 1];
+    char spiffe_id[SPIFFE_ID_MAX + 1];
+    int64_t svid_ttl;
+    /* the TLS material in use */
+    char *chain_pem, *key_pem, *ca_pem;
+    int64_t svid_not_before, svid_not_after;
+    rpc_timer *tls_timer;
+    bool reissuing; /* a job is renewing the server SVID */
+    bool stopped;
+};
+
+/* ---- the server's own SVID ---------------------------------------------------- */
+
+typedef struct {
+    server *s;
+    ca_svid *svid;
+    mid_err err;
+    char msg[256];
+} reissue_job;
+
+static mid_result issue_svid(server *s, ca_svid **out)
+{
+    static const char *const dns[] = {"localhost"};
+    ca_issue_req req = {.spiffe_id = s->spiffe_id, .key_type = CA_KEY_EC_P256, .ttl = s->svid_ttl,
+                        .dns = dns, .n_dns = 1, .actor = "system:server"};
+    return ca_issue(s->ca, &req, out);
+}
+
+static void free_pem(char **p)
+{
+    if (*p) OPENSSL_clear_free(*p, strlen(*p));
+    *p = NULL;
+}
+
+/* Takes the new SVID's chain and key (and the current bundle) into use for
+ * new handshakes. */
+static mid_result adopt_svid(server *s, ca_svid *svid, bool apply)
+{
+    char *chain = strdup(ca_svid_chain_pem(svid)), *key = strdup(ca_svid_key_pem(svid));
+    const char *bundle = node_service_bundle_pem(s->ns, NULL);
+    char *cap = strdup(bundle ? bundle : "");
+    if (!chain || !key || !cap) {
+        free(chain);
+        free_pem(&key);
+        free(cap);
+        MID_BAIL(MID_E_NOMEM, "out of memory");
+    }
+    if (apply) {
+        rpc_tls tls = {.ca_pem = cap, .cert_pem = chain, .key_pem = key};
+        mid_result r = rpc_server_set_tls(s->node_srv, &tls);
+        if (!mid_is_ok(r)) {
+            free(chain);
+            free_pem(&key);
+            free(cap);
+            return r;
+        }
+    }
+    free(s->chain_pem);
+    free_pem(&s->key_pem);
+    free(s->ca_pem);
+    s->chain_pem = chain;
+    s->key_pem = key;
+    s->ca_pem = cap;
+    s->svid_not_before = time_now();
+    s->svid_not_after = ca_svid_not_after(svid);
+    return mid_ok();
+}
+
+static void reissue_work(void *arg)
+{
+    reissue_job *j = arg;
+    mid_result r = issue_svid(j->s, &j->svid);
+    j->err = r.err;
+    if (!mid_is_ok(r)) snprintf(j->msg, sizeof j->msg, "%s", mid_errmsg());
+}
+
+static void reissue_done(void *arg, bool ran)
+{
+    reissue_job *j = arg;
+    server *s = j->s;
+    s->reissuing = false;
+    if (ran && j->err == MID_E_OK && !s->stopped) {
+        if (mid_is_ok(adopt_svid(s, j->svid, true)))
+            LOG_INFO("server: TLS SVID renewed, valid until %lld", (long long)s->svid_not_after);
+        else
+            LOG_ERROR("server: cannot use the renewed TLS SVID: %s", mid_errmsg());
+    } else if (ran && j->err != MID_E_OK) {
+        LOG_ERROR("server: cannot renew the TLS SVID: %s", j->msg);
+    }
+    ca_svid_free(j->svid);
+    free(j);
+}
+
+/* Renews the SVID past half its life; follows trust bundle changes. */
+static void tls_tick(rpc_loop *loop, void *arg)
+{
+    server *s = arg;
+    s->tls_timer = NULL;
+    if (s->stopped) return;
+    int64_t now = time_now();
+    int64_t half = s->svid_not_before + (s->svid_not_after - s->svid_not_before) / 2;
+    if (now >= half && !s->reissuing) {
+        reissue_job *j = calloc(1, sizeof *j);
+        if (j) {
+            j->s = s;
+            if (mid_is_ok(workpool_submit(s->wp, reissue_work, reissue_done, j)))
+                s->reissuing = true;
+            else
+                free(j);
+        }
+    }
+    const char *bundle = node_service_bundle_pem(s->ns, NULL);
+    if (bundle && s->ca_pem && strcmp(bundle, s->ca_pem) != 0) {
+        char *cap = strdup(bundle);
+        rpc_tls tls = {.ca_pem = cap, .cert_pem = s->chain_pem, .key_pem = s->key_pem};
+        if (cap && mid_is_ok(rpc_server_set_tls(s->node_srv, &tls))) {
+            free(s->ca_pem);
+            s->ca_pem = cap;
+            LOG_INFO("server: trust bundle changed; new handshakes use it");
+        } else {
+            free(cap);
+        }
+    }
+    int64_t next = TLS_CHECK_MS;
+    if (half > now && (half - now) * 1000 < next) next = (half - now) * 1000 + 1;
+    if (!mid_is_ok(rpc_timer_add(loop, next, tls_tick, s, &s->tls_timer)))
+        LOG_ERROR("server: cannot re-arm the TLS timer: %s", mid_errmsg());
+}
+
+/* ---- start / stop ------------------------------------------------------------- */
+
+static mid_result open_state(server *s, const server_opts *o)
+{
+    char db[PATH_CAP];
+    MID_GUARD(fs_join(db, sizeof db, o->data_dir, "meshid.db"));
+    MID_ENSURE(fs_exists(db), MID_E_NOT_FOUND,
+               "no trust domain in %s: run 'meshid ca init --trust-domain TD --data-dir %s' first",
+               o->data_dir, o->data_dir);
+    MID_GUARD(store_open(db, NULL, &s->st));
+    mid_result r = ca_open(s->st, o->data_dir, &s->ca);
+    if (r.err == MID_E_NOT_FOUND)
+        MID_BAIL(MID_E_NOT_FOUND,
+                 "no trust domain in %s: run 'meshid ca init --trust-domain TD --data-dir %s' first",
+                 o->data_dir, o->data_dir);
+    return r;
+}
+
+mid_result server_start(const server_opts *o, rpc_loop *loop, server **out)
+{
+    *out = NULL;
+    MID_ENSURE(o && o->data_dir && loop, MID_E_INVALID, "server needs a data directory and a loop");
+    MID_ENSURE(o->agent_svid_ttl >= 0 && o->server_svid_ttl >= 0, MID_E_INVALID, "negative TTL");
+    server *s = calloc(1, sizeof *s);
+    MID_ENSURE_MEM(s);
+    s->loop = loop;
+    s->svid_ttl = o->server_svid_ttl;
+    mid_result r = MID_OK_RESULT;
+    ca_svid *svid = NULL;
+    snprintf(s->listen, sizeof s->listen, "%s", o->listen ? o->listen : SERVER_LISTEN_DEFAULT);
+    MID_TRY(r, open_state(s, o)); /* first: nothing is created without a trust domain */
+    if (o->admin_sock) {
+        MID_CHECK(r, strlen(o->admin_sock) < sizeof s->admin_path, MID_E_TOO_LARGE,
+                  "admin socket path too long");
+        snprintf(s->admin_path, sizeof s->admin_path, "%s", o->admin_sock);
+    } else {
+        char run[PATH_CAP];
+        MID_TRY(r, fs_join(run, sizeof run, o->data_dir, "run"));
+        MID_TRY(r, fs_mkdir_p(run, 0700));
+        MID_TRY(r, fs_join(s->admin_path, sizeof s->admin_path, run, "admin.sock"));
+    }
+
+    snprintf(s->td, sizeof s->td, "%s", ca_trust_domain(s->ca));
+    snprintf(s->spiffe_id, sizeof s->spiffe_id, "spiffe://%s%s", s->td, SERVER_SPIFFE_PATH);
+    MID_TRY(r, workpool_new(loop, o->workers, 0, &s->wp));
+
+    node_service_opts no = {.st = s->st, .ca = s->ca, .wp = s->wp, .loop = loop,
+                            .agent_svid_ttl = o->agent_svid_ttl, .sync_poll_ms = o->sync_poll_ms};
+    MID_TRY(r, node_service_new(&no, &s->ns));
+    admin_service_opts ao = {.st = s->st, .wp = s->wp, .trust_domain = s->td, .node = s->ns};
+    MID_TRY(r, admin_service_new(&ao, &s->as));
+
+    /* The server's own SVID; issued here, before the loop runs. */
+    MID_TRY(r, issue_svid(s, &svid));
+    MID_TRY(r, adopt_svid(s, svid, false));
+
+    /* Admin socket first: it refuses to start when another server answers. */
+    MID_TRY(r, rpc_server_new(loop, NULL, &s->admin_srv));
+    MID_TRY(r, admin_service_register(s->as, s->admin_srv));
+    MID_TRY(r, rpc_server_add_unix(s->admin_srv, s->admin_path, 0600));
+
+    MID_TRY(r, rpc_server_new(loop, NULL, &s->node_srv));
+    MID_TRY(r, node_service_register(s->ns, s->node_srv));
+    rpc_tls tls = {.ca_pem = s->ca_pem, .cert_pem = s->chain_pem, .key_pem = s->key_pem,
+                   .client_cert_optional = true};
+    MID_TRY(r, rpc_server_add_tcp(s->node_srv, s->listen, &tls, &s->port));
+    MID_TRY(r, rpc_server_start(s->admin_srv));
+    MID_TRY(r, rpc_server_start(s->node_srv));
+    MID_TRY(r, rpc_timer_add(loop, TLS_CHECK_MS, tls_tick, s, &s->tls_timer));
+    *out = s;
+out:
+    ca_svid_free(svid);
+    if (!mid_is_ok(r)) {
+        /* keep the error message through the cleanup */
+        mid_err err = r.err;
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", mid_errmsg());
+        server_stop(s);
+        server_free(s);
+        r = mid_fail(err, __FILE__, __LINE__, "%s", msg);
+    }
+    return r;
+}
+
+int server_port(const server *s) { return s->port; }
+const char *server_admin_path(const server *s) { return s->admin_path; }
+const char *server_trust_domain(const server *s) { return s->td; }
+const char *server_bundle_pem(const server *s) { return node_service_bundle_pem(s->ns, NULL); }
+
+void server_stop(server *s)
+{
+    if (!s || s->stopped) return;
+    s->stopped = true;
+    if (s->tls_timer) rpc_timer_cancel(s->loop, s->tls_timer);
+    s->tls_timer = NULL;
+    node_service_shutdown(s->ns);
+    workpool_free(s->wp);
+    s->wp = NULL;
+}
+
+void server_free(server *s)
+{
+    if (!s) return;
+    server_stop(s);
+    admin_service_free(s->as);
+    node_service_free(s->ns);
+    ca_close(s->ca);
+    store_close(s->st);
+    free(s->chain_pem);
+    free_pem(&s->key_pem);
+    free(s->ca_pem);
+    free(s);
+}
+
+/* ---- the process ----------------------------------------------------------------- */
+
+typedef struct {
+    rpc_loop *loop;
+    sigset_t set;
+    int sig;
+} sig_waiter;
+
+/* Signals are blocked in every thread; this one takes them synchronously
+ * and asks the loop to stop (rpc_loop_stop is safe from any thread). */
+static void *sig_thread(void *arg)
+{
+    sig_waiter *w = arg;
+    int sig = 0;
+    if (sigwait(&w->set, &sig) == 0) w->sig = sig;
+    rpc_loop_stop(w->loop);
+    return NULL;
+}
+
+mid_result server_run(const server_opts *o)
+{
+    sig_waiter w = {0};
+    sigemptyset(&w.set);
+    sigaddset(&w.set, SIGINT);
+    sigaddset(&w.set, SIGTERM);
+    sigset_t old;
+    /* before any thread exists, so gRPC's and the pool's threads inherit it */
+    MID_ENSURE(pthread_sigmask(SIG_BLOCK, &w.set, &old) == 0, MID_E_IO, "cannot block signals");
+    rpc_loop *loop = NULL;
+    server *s = NULL;
+    pthread_t th;
+    bool th_started = false;
+    mid_result r = MID_OK_RESULT;
+    MID_TRY(r, rpc_loop_new(&loop));
+    w.loop = loop;
+    MID_TRY(r, server_start(o, loop, &s));
+    MID_CHECK(r, pthread_create(&th, NULL, sig_thread, &w) == 0, MID_E_IO,
+              "cannot start the signal thread");
+    th_started = true;
+    printf("meshid server: trust domain %s, node API on %s (port %d), admin API on %s\n",
+           server_trust_domain(s), o->listen ? o->listen : SERVER_LISTEN_DEFAULT,
+           server_port(s), server_admin_path(s));
+    fflush(stdout);
+    r = rpc_loop_run(loop);
+out:
+    if (th_started) {
+        pthread_kill(th, SIGTERM); /* wakes sigwait if no signal came */
+        pthread_join(th, NULL);
+        if (w.sig) LOG_INFO("server: signal %d, shutting down", w.sig);
+    }
+    server_stop(s);
+    rpc_loop_free(loop);
+    server_free(s);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return r;
+}

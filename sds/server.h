@@ -1,0 +1,67 @@
+/* `meshid server` as a reusable piece: store + CA + worker pool + the node
+ * API on TCP with TLS + the admin API on a Unix socket, all driven by one
+ * rpc loop (docs/server.md).
+ *
+ * Embedding (`meshid dev` runs server and agent on one loop):
+ *
+ *   rpc_loop_new(&loop);
+ *   server_start(&opts, loop, &srv);     // listening when this returns
+ *   ... rpc_loop_run(loop) ...
+ *   server_stop(srv);                    // loop thread, or after run returned
+ *   rpc_loop_free(loop);                 // ends open calls
+ *   server_free(srv);                    // closes CA and store
+ *
+ * server_run does all of that for the `meshid server` command, with
+ * SIGINT/SIGTERM handling.
+ */
+#ifndef MESHID_SDS_SERVER_H
+#define MESHID_SDS_SERVER_H
+
+#include <stdint.h>
+
+#include "lib/result.h"
+#include "lib/rpc.h"
+
+typedef struct server server;
+
+#define SERVER_LISTEN_DEFAULT "127.0.0.1:15012"
+#define SERVER_SPIFFE_PATH "/meshid/server"
+
+typedef struct {
+    const char *data_dir;    /* required: holds meshid.db and keys/ */
+    const char *listen;      /* node API "host:port"; NULL: SERVER_LISTEN_DEFAULT; port 0 picks */
+    const char *admin_sock;  /* NULL: <data_dir>/run/admin.sock */
+    int64_t agent_svid_ttl;  /* agent SVID lifetime; 0: CA default (1h) */
+    int64_t server_svid_ttl; /* the server's own TLS SVID; 0: CA default (1h) */
+    unsigned workers;        /* 0: one per core */
+    int64_t sync_poll_ms;    /* 0: 1000 */
+} server_opts;
+
+/* Opens the store and CA, issues the server's SVID, starts the worker pool
+ * and both APIs on `loop` (not running yet, or the caller's thread is the
+ * loop thread). MID_E_NOT_FOUND with "run 'meshid ca init' first" when the
+ * data directory has no trust domain; MID_E_EXISTS when the admin socket is
+ * in use; MID_E_IO when the port cannot be bound. On failure nothing is
+ * left running except what rpc_loop_free will clean up. */
+MID_RESULT server_start(const server_opts *o, rpc_loop *loop, server **out);
+
+/* Where it listens, and for what trust domain (valid until server_free). */
+int server_port(const server *s);
+const char *server_admin_path(const server *s);
+const char *server_trust_domain(const server *s);
+/* The trust bundle (PEM) the node API serves; agents verify the server with it. */
+const char *server_bundle_pem(const server *s);
+
+/* Stops timers and the worker pool (finished jobs are answered, queued ones
+ * refused). Call on the loop thread or after rpc_loop_run returned, and
+ * before rpc_loop_free. NULL is a no-op. */
+void server_stop(server *s);
+
+/* Frees everything left; after rpc_loop_free. NULL is a no-op. */
+void server_free(server *s);
+
+/* The whole `meshid server` process: blocks SIGINT/SIGTERM, starts, prints
+ * one ready line on stdout, runs until a signal, shuts down. */
+MID_RESULT server_run(const server_opts *o);
+
+#endif

@@ -1,0 +1,83 @@
+/* The agent unit test binary: a fake node API server (TLS on 127.0.0.1,
+ * with its own throwaway CA) and the agent / cache tests that drive it. */
+#ifndef MESHID_TESTS_UNIT_AGENT_AGENT_TESTS_H
+#define MESHID_TESTS_UNIT_AGENT_AGENT_TESTS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/evp.h>
+
+#include "lib/rpc.h"
+
+#define FAKE_TD "test.example"
+#define FAKE_AGENT_ID "spiffe://test.example/agent/node1"
+#define FAKE_MAX_ENTRIES 16
+#define FAKE_MAX_CSRS 1024
+
+typedef struct fake_entry {
+    char id[32];
+    char spiffe_id[128];
+    char selector[64];  /* one "unix" selector value, e.g. "uid:1000" */
+    int64_t ttl;
+    char dns[64];       /* "" for none */
+    uint64_t revision;
+    int fail_code;      /* BatchSign answers this code for the entry (0: sign) */
+} fake_entry;
+
+typedef struct fake_server fake_server;
+
+/* Starts the fake server on `loop` (127.0.0.1, port picked). */
+fake_server *fake_new(rpc_loop *loop);
+void fake_free(fake_server *f); /* after rpc_loop_free */
+
+int fake_port(const fake_server *f);
+const char *fake_root_pem(const fake_server *f); /* the trust bundle (PEM) */
+
+/* A join token accepted once. */
+void fake_add_token(fake_server *f, const char *token);
+
+/* The entry table; changes are pushed with fake_push. */
+fake_entry *fake_entries(fake_server *f, size_t *n);
+fake_entry *fake_add_entry(fake_server *f, const char *id, const char *spiffe_id,
+                           const char *selector, int64_t ttl);
+void fake_remove_entry(fake_server *f, const char *id);
+/* Bumps the entries revision and sends the complete state on open streams. */
+void fake_push(fake_server *f);
+
+/* Down: every call fails with UNAVAILABLE and open Sync streams are ended. */
+void fake_set_down(fake_server *f, bool down);
+
+/* Agent SVID lifetime (seconds) for AttestAgent / RenewAgent. */
+void fake_set_agent_ttl(fake_server *f, int64_t ttl);
+
+/* Writes a persisted agent identity for FAKE_AGENT_ID into <data_dir>/agent/
+ * (as a previous AttestAgent would have), valid for ttl seconds. */
+void fake_seed_identity(fake_server *f, const char *data_dir, int64_t ttl);
+
+typedef struct {
+    int attests, attest_refused, renews, batches, signs, syncs_open, syncs_total;
+    uint64_t last_bundle_ack, last_rev_ack;
+    int acks;
+    int unauthenticated; /* calls without a valid agent certificate */
+} fake_counts;
+const fake_counts *fake_get_counts(const fake_server *f);
+
+/* DER SubjectPublicKeyInfo of every CSR BatchSign received, and every
+ * serialised request body received (to search for private keys). */
+size_t fake_csr_count(const fake_server *f);
+const unsigned char *fake_csr_spki(const fake_server *f, size_t i, size_t *len);
+bool fake_requests_contain(const fake_server *f, const unsigned char *needle, size_t len);
+
+/* Runs the loop until pred(arg) is true or timeout_ms passed; returns pred. */
+bool run_until(rpc_loop *loop, bool (*pred)(void *), void *arg, int64_t timeout_ms);
+/* Runs the loop for ms milliseconds. */
+void run_for(rpc_loop *loop, int64_t ms);
+
+char *test_tmpdir(void);
+void test_rmtree(const char *dir);
+
+int run_agent_tests(void);
+
+#endif

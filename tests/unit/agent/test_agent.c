@@ -1,0 +1,534 @@
+/* The node agent against the fake node API server: bootstrap with a join
+ * token, the persisted identity reused after a restart, workload SVIDs for
+ * locally generated keys, rotation at half life, re-issue on entry change,
+ * serving from the cache while the server is down, agent SVID renewal, and
+ * selector matching (denied / not issued yet / matched, default order). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "lib/log.h"
+#include "sds/agent.h"
+#include "sds/agent_cache.h"
+#include "tests/unit/agent/agent_tests.h"
+
+#define WL_A "spiffe://" FAKE_TD "/a"
+#define WL_B "spiffe://" FAKE_TD "/b"
+#define WL_OTHER "spiffe://" FAKE_TD "/other"
+
+typedef struct {
+    rpc_loop *loop;
+    fake_server *f;
+    char *dir;
+    agent *a;
+    char addr[64];
+    int fatals;
+    char fatal_msg[256];
+    char uid_sel[32]; /* "uid:<euid>" */
+    char gid_sel[32];
+} env;
+
+static int setup(void **state)
+{
+    env *e = calloc(1, sizeof *e);
+    assert_non_null(e);
+    assert_true(mid_is_ok(rpc_loop_new(&e->loop)));
+    e->f = fake_new(e->loop);
+    e->dir = test_tmpdir();
+    snprintf(e->addr, sizeof e->addr, "127.0.0.1:%d", fake_port(e->f));
+    snprintf(e->uid_sel, sizeof e->uid_sel, "uid:%lu", (unsigned long)geteuid());
+    snprintf(e->gid_sel, sizeof e->gid_sel, "gid:%lu", (unsigned long)getegid());
+    *state = e;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    env *e = *state;
+    agent_stop(e->a);
+    rpc_loop_free(e->loop);
+    agent_free(e->a);
+    fake_free(e->f);
+    test_rmtree(e->dir);
+    free(e->dir);
+    free(e);
+    return 0;
+}
+
+static void on_fatal(void *arg, const char *msg)
+{
+    env *e = arg;
+    e->fatals++;
+    snprintf(e->fatal_msg, sizeof e->fatal_msg, "%s", msg);
+}
+
+static mid_result start_agent(env *e, const char *token)
+{
+    agent_opts o = {.server_addr = e->addr,
+                    .server_name = "localhost",
+                    .trust_bundle_pem = fake_root_pem(e->f),
+                    .join_token = token,
+                    .data_dir = e->dir,
+                    .hostname = "node1",
+                    .on_fatal = on_fatal,
+                    .on_fatal_arg = e,
+                    .backoff_min_ms = 100,
+                    .backoff_max_ms = 400};
+    return agent_start(&o, e->loop, &e->a);
+}
+
+static void restart_agent(env *e, const char *token)
+{
+    agent_stop(e->a);
+    agent_free(e->a);
+    e->a = NULL;
+    assert_true(mid_is_ok(start_agent(e, token)));
+}
+
+static bool synced(void *arg)
+{
+    env *e = arg;
+    return e->a && agent_synced(e->a);
+}
+
+typedef struct {
+    env *e;
+    size_t want;
+} issued_wait;
+
+static bool issued_n(void *arg)
+{
+    issued_wait *w = arg;
+    agent_cache_stats st;
+    agent_cache_get_stats(agent_get_cache(w->e->a), &st);
+    return st.issued == w->want && st.entries == w->want;
+}
+
+static void wait_issued(env *e, size_t n)
+{
+    issued_wait w = {e, n};
+    assert_true(run_until(e->loop, issued_n, &w, 10000));
+}
+
+static void start_seeded(env *e)
+{
+    fake_seed_identity(e->f, e->dir, 3600);
+    assert_true(mid_is_ok(start_agent(e, NULL)));
+    assert_true(run_until(e->loop, synced, e, 10000));
+}
+
+static const char *serial_of(env *e, const char *entry_id)
+{
+    const char *serial = NULL;
+    if (!mid_is_ok(agent_cache_svid_info(agent_get_cache(e->a), entry_id, NULL, &serial, NULL)))
+        return NULL;
+    return serial;
+}
+
+/* ---- bootstrap and restart ------------------------------------------------------- */
+
+static void test_bootstrap_token_and_restart(void **state)
+{
+    env *e = *state;
+    fake_add_token(e->f, "tok-1");
+    assert_true(mid_is_ok(start_agent(e, "tok-1")));
+    assert_true(run_until(e->loop, synced, e, 10000));
+    assert_int_equal(fake_get_counts(e->f)->attests, 1);
+    assert_string_equal(agent_spiffe_id(e->a), FAKE_AGENT_ID);
+
+    char p[4200];
+    struct stat sb;
+    snprintf(p, sizeof p, "%s/agent/svid.key", e->dir);
+    assert_int_equal(stat(p, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0600);
+    snprintf(p, sizeof p, "%s/agent/svid.pem", e->dir);
+    assert_int_equal(stat(p, &sb), 0);
+    snprintf(p, sizeof p, "%s/agent/bundle.pem", e->dir);
+    assert_int_equal(stat(p, &sb), 0);
+    /* the agent acked the state it applied */
+    assert_true(fake_get_counts(e->f)->acks >= 1);
+    assert_int_equal(fake_get_counts(e->f)->last_bundle_ack, 1);
+
+    /* Restart without a token: the persisted identity is used. */
+    restart_agent(e, NULL);
+    assert_true(run_until(e->loop, synced, e, 10000));
+    assert_int_equal(fake_get_counts(e->f)->attests, 1);
+    assert_int_equal(fake_get_counts(e->f)->attest_refused, 0);
+    assert_string_equal(agent_spiffe_id(e->a), FAKE_AGENT_ID);
+
+    /* Restart with the (used) token again: still no second attestation. */
+    restart_agent(e, "tok-1");
+    assert_true(run_until(e->loop, synced, e, 10000));
+    assert_int_equal(fake_get_counts(e->f)->attests, 1);
+    assert_int_equal(fake_get_counts(e->f)->attest_refused, 0);
+    assert_int_equal(fake_get_counts(e->f)->unauthenticated, 0);
+    assert_int_equal(e->fatals, 0);
+}
+
+static bool got_fatal(void *arg) { return ((env *)arg)->fatals > 0; }
+
+static void test_bad_token_is_fatal(void **state)
+{
+    env *e = *state;
+    assert_true(mid_is_ok(start_agent(e, "not-a-token")));
+    assert_true(run_until(e->loop, got_fatal, e, 10000));
+    assert_int_equal(fake_get_counts(e->f)->attest_refused, 1);
+    assert_non_null(strstr(e->fatal_msg, "join token"));
+    assert_false(agent_synced(e->a));
+}
+
+static void test_no_identity_no_token(void **state)
+{
+    env *e = *state;
+    mid_result r = start_agent(e, NULL);
+    assert_int_equal(r.err, MID_E_USAGE);
+    assert_null(e->a);
+    assert_non_null(strstr(mid_errmsg(), "--join-token"));
+}
+
+/* ---- workload SVIDs ----------------------------------------------------------------- */
+
+static bool spki_recorded(env *e, EVP_PKEY *k)
+{
+    unsigned char *spki = NULL;
+    int n = i2d_PUBKEY(k, &spki);
+    assert_true(n > 0);
+    bool found = false;
+    for (size_t i = 0; i < fake_csr_count(e->f) && !found; i++) {
+        size_t len = 0;
+        const unsigned char *d = fake_csr_spki(e->f, i, &len);
+        found = len == (size_t)n && memcmp(d, spki, len) == 0;
+    }
+    OPENSSL_free(spki);
+    return found;
+}
+
+/* The private key never appears in anything the server received: neither
+ * its PKCS#8 DER nor the bare scalar. */
+static void assert_key_never_sent(env *e, EVP_PKEY *k)
+{
+    unsigned char *p8 = NULL;
+    int n = i2d_PrivateKey(k, &p8);
+    assert_true(n > 0);
+    assert_false(fake_requests_contain(e->f, p8, (size_t)n));
+    OPENSSL_free(p8);
+    BIGNUM *priv = NULL;
+    assert_int_equal(EVP_PKEY_get_bn_param(k, OSSL_PKEY_PARAM_PRIV_KEY, &priv), 1);
+    unsigned char scalar[32];
+    assert_int_equal(BN_bn2binpad(priv, scalar, sizeof scalar), 32);
+    assert_false(fake_requests_contain(e->f, scalar, sizeof scalar));
+    BN_clear_free(priv);
+}
+
+static EVP_PKEY *key_of_view(const sds_view *v, size_t i)
+{
+    const sds_svid *s = sds_view_svid(v, i);
+    assert_non_null(s);
+    BIO *b = BIO_new_mem_buf(s->key_pem, -1);
+    EVP_PKEY *k = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
+    BIO_free(b);
+    assert_non_null(k);
+    return k;
+}
+
+static void test_entries_issued_with_local_keys(void **state)
+{
+    env *e = *state;
+    fake_add_entry(e->f, "e1", WL_A, e->uid_sel, 3600);
+    fake_add_entry(e->f, "e2", WL_OTHER, "uid:99999", 3600);
+    start_seeded(e);
+    wait_issued(e, 2);
+    assert_int_equal(fake_csr_count(e->f), 2);
+    assert_true(fake_get_counts(e->f)->batches >= 1);
+    assert_true(fake_get_counts(e->f)->batches <= 2); /* coalesced */
+
+    char sel[64];
+    snprintf(sel, sizeof sel, "unix:%s", e->uid_sel);
+    const char *sels[] = {sel};
+    sds_view *v = NULL;
+    assert_true(mid_is_ok(agent_cache_view_for(agent_get_cache(e->a), sels, 1, &v)));
+    assert_int_equal(sds_view_svid_count(v), 1);
+    assert_string_equal(sds_view_svid(v, 0)->spiffe_id, WL_A);
+    assert_int_equal(sds_view_bundle_count(v), 1);
+    assert_string_equal(sds_view_bundle(v, 0)->trust_domain, FAKE_TD);
+    EVP_PKEY *k = key_of_view(v, 0);
+    assert_true(spki_recorded(e, k));
+    assert_key_never_sent(e, k);
+    EVP_PKEY_free(k);
+    sds_view_unref(v);
+
+    const char *other[] = {"unix:uid:99999"};
+    assert_true(mid_is_ok(agent_cache_view_for(agent_get_cache(e->a), other, 1, &v)));
+    assert_string_equal(sds_view_svid(v, 0)->spiffe_id, WL_OTHER);
+    k = key_of_view(v, 0);
+    assert_true(spki_recorded(e, k));
+    assert_key_never_sent(e, k);
+    EVP_PKEY_free(k);
+    sds_view_unref(v);
+}
+
+static void test_selector_matching(void **state)
+{
+    env *e = *state;
+    fake_add_entry(e->f, "e-b", WL_B, e->gid_sel, 3600);  /* matches us, sorts second */
+    fake_add_entry(e->f, "e-a", WL_A, e->uid_sel, 3600);  /* matches us, default */
+    fake_entry *bad = fake_add_entry(e->f, "e-x", WL_OTHER, "uid:4242", 3600);
+    bad->fail_code = RPC_PERMISSION_DENIED; /* matched but never issued */
+    start_seeded(e);
+    issued_wait w = {e, 3};
+    (void)run_until(e->loop, issued_n, &w, 1500); /* e-x never issues */
+    agent_cache_stats st;
+    agent_cache_get_stats(agent_get_cache(e->a), &st);
+    assert_int_equal(st.issued, 2);
+    assert_true(st.sign_errors >= 1);
+
+    agent_cache *c = agent_get_cache(e->a);
+    sds_source src = agent_cache_source(c);
+    /* this process, attested by its peer credentials */
+    rpc_peer me = {.kind = RPC_PEER_UNIX, .uid = geteuid(), .gid = getegid(), .pid = getpid()};
+    sds_workload *wl = NULL;
+    assert_true(mid_is_ok(src.ops->attest(src.ctx, &me, &wl)));
+    sds_view *v = NULL;
+    assert_true(mid_is_ok(src.ops->view(src.ctx, wl, &v)));
+    assert_int_equal(sds_view_svid_count(v), 2);
+    assert_string_equal(sds_view_svid(v, 0)->spiffe_id, WL_A); /* by SPIFFE ID */
+    assert_string_equal(sds_view_svid(v, 1)->spiffe_id, WL_B);
+    sds_view *v2 = NULL;
+    assert_true(mid_is_ok(src.ops->view(src.ctx, wl, &v2)));
+    assert_ptr_equal(v, v2); /* memoised until something changes */
+    sds_view_unref(v2);
+    sds_view_unref(v);
+    src.ops->workload_free(src.ctx, wl);
+
+    /* matched, not issued yet */
+    const char *x[] = {"unix:uid:4242"};
+    assert_int_equal(agent_cache_view_for(c, x, 1, &v).err, MID_E_NOT_FOUND);
+    assert_null(v);
+    /* nothing matches */
+    const char *none[] = {"unix:uid:5555", "unix:gid:5555"};
+    assert_int_equal(agent_cache_view_for(c, none, 2, &v).err, MID_E_DENIED);
+    assert_int_equal(agent_cache_view_for(c, NULL, 0, &v).err, MID_E_DENIED);
+
+    /* refusals through the source are counted (and logged) */
+    uint64_t before = st.denials;
+    rpc_peer tls = {.kind = RPC_PEER_TLS, .spiffe_id = WL_A};
+    assert_int_equal(src.ops->attest(src.ctx, &tls, &wl).err, MID_E_DENIED);
+    rpc_peer liar = me;
+    liar.uid = me.uid + 1; /* our pid, someone else's uid */
+    assert_int_equal(src.ops->attest(src.ctx, &liar, &wl).err, MID_E_DENIED);
+    rpc_peer stranger = {.kind = RPC_PEER_UNIX, .uid = 5555, .gid = 5555, .pid = 0};
+    assert_true(mid_is_ok(src.ops->attest(src.ctx, &stranger, &wl)));
+    assert_int_equal(src.ops->view(src.ctx, wl, &v).err, MID_E_DENIED);
+    assert_non_null(strstr(mid_errmsg(), "uid 5555"));
+    src.ops->workload_free(src.ctx, wl);
+    agent_cache_get_stats(c, &st);
+    assert_int_equal(st.denials, before + 3);
+}
+
+/* ---- rotation and change ---------------------------------------------------------------- */
+
+typedef struct {
+    env *e;
+    const char *id;
+    char old[80];
+} serial_wait;
+
+static bool serial_changed(void *arg)
+{
+    serial_wait *w = arg;
+    const char *s = serial_of(w->e, w->id);
+    return s && strcmp(s, w->old) != 0;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void test_rotation_at_half_life(void **state)
+{
+    env *e = *state;
+    fake_add_entry(e->f, "e1", WL_A, e->uid_sel, 4);
+    start_seeded(e);
+    wait_issued(e, 1);
+    int64_t issued_at = now_ms(), na = 0;
+    assert_true(mid_is_ok(agent_cache_svid_info(agent_get_cache(e->a), "e1", NULL, NULL, &na)));
+    serial_wait w = {.e = e, .id = "e1"};
+    snprintf(w.old, sizeof w.old, "%s", serial_of(e, "e1"));
+    assert_true(run_until(e->loop, serial_changed, &w, 6000));
+    int64_t took = now_ms() - issued_at;
+    /* half of ~4 s, +-10% jitter, and well before the old one expired */
+    assert_true(took >= 1000);
+    assert_true(now_ms() < na * 1000);
+    /* and again for the new one */
+    snprintf(w.old, sizeof w.old, "%s", serial_of(e, "e1"));
+    assert_true(run_until(e->loop, serial_changed, &w, 6000));
+    assert_true(fake_get_counts(e->f)->signs >= 3);
+}
+
+static bool acked_newest(void *arg)
+{
+    env *e = arg;
+    return fake_get_counts(e->f)->last_rev_ack == agent_cache_entries_revision(agent_get_cache(e->a));
+}
+
+static void test_entry_change_reissues(void **state)
+{
+    env *e = *state;
+    fake_entry *fe = fake_add_entry(e->f, "e1", WL_A, e->uid_sel, 3600);
+    fake_add_entry(e->f, "e2", WL_B, "uid:99999", 3600);
+    start_seeded(e);
+    wait_issued(e, 2);
+    serial_wait w = {.e = e, .id = "e1"};
+    snprintf(w.old, sizeof w.old, "%s", serial_of(e, "e1"));
+    char e2_serial[80];
+    snprintf(e2_serial, sizeof e2_serial, "%s", serial_of(e, "e2"));
+
+    /* TTL change */
+    fe->ttl = 1800;
+    fe->revision++;
+    fake_push(e->f);
+    assert_true(run_until(e->loop, serial_changed, &w, 2000));
+    assert_string_equal(serial_of(e, "e2"), e2_serial); /* untouched */
+
+    /* DNS change */
+    snprintf(w.old, sizeof w.old, "%s", serial_of(e, "e1"));
+    snprintf(fe->dns, sizeof fe->dns, "a.example.org");
+    fe->revision++;
+    fake_push(e->f);
+    assert_true(run_until(e->loop, serial_changed, &w, 2000));
+
+    /* a selector-only change needs no new certificate */
+    snprintf(w.old, sizeof w.old, "%s", serial_of(e, "e1"));
+    int signs = fake_get_counts(e->f)->signs;
+    snprintf(fe->selector, sizeof fe->selector, "%s", e->gid_sel);
+    fe->revision++;
+    fake_push(e->f);
+    run_for(e->loop, 300);
+    assert_int_equal(fake_get_counts(e->f)->signs, signs);
+    char sel[64];
+    snprintf(sel, sizeof sel, "unix:%s", e->gid_sel);
+    const char *sels[] = {sel};
+    sds_view *v = NULL;
+    assert_true(mid_is_ok(agent_cache_view_for(agent_get_cache(e->a), sels, 1, &v)));
+    assert_string_equal(sds_view_svid(v, 0)->spiffe_id, WL_A);
+    sds_view_unref(v);
+
+    /* removal drops the SVID */
+    fake_remove_entry(e->f, "e1");
+    fake_push(e->f);
+    wait_issued(e, 1);
+    assert_null(serial_of(e, "e1"));
+    assert_int_equal(agent_cache_view_for(agent_get_cache(e->a), sels, 1, &v).err, MID_E_DENIED);
+    /* the agent acks the newest revision */
+    assert_true(run_until(e->loop, acked_newest, e, 2000));
+}
+
+/* ---- server down ------------------------------------------------------------------------ */
+
+static bool not_synced(void *arg) { return !synced(arg); }
+
+typedef struct {
+    env *e;
+    int syncs;
+} sync_wait;
+
+static bool resynced(void *arg)
+{
+    sync_wait *w = arg;
+    return agent_synced(w->e->a) && fake_get_counts(w->e->f)->syncs_total > w->syncs;
+}
+
+static void test_server_down_serves_cache(void **state)
+{
+    env *e = *state;
+    fake_add_entry(e->f, "e1", WL_A, e->uid_sel, 3600);
+    start_seeded(e);
+    wait_issued(e, 1);
+    char serial[80];
+    snprintf(serial, sizeof serial, "%s", serial_of(e, "e1"));
+    int syncs = fake_get_counts(e->f)->syncs_total;
+
+    fake_set_down(e->f, true);
+    assert_true(run_until(e->loop, not_synced, e, 5000));
+    run_for(e->loop, 1000); /* several reconnect attempts fail */
+    char sel[64];
+    snprintf(sel, sizeof sel, "unix:%s", e->uid_sel);
+    const char *sels[] = {sel};
+    sds_view *v = NULL;
+    assert_true(mid_is_ok(agent_cache_view_for(agent_get_cache(e->a), sels, 1, &v)));
+    assert_string_equal(sds_view_svid(v, 0)->spiffe_id, WL_A);
+    sds_view_unref(v);
+    assert_string_equal(serial_of(e, "e1"), serial);
+    agent_stats as;
+    agent_get_stats(e->a, &as);
+    assert_true(as.reconnects >= 2);
+
+    fake_set_down(e->f, false);
+    sync_wait w = {e, syncs};
+    assert_true(run_until(e->loop, resynced, &w, 5000));
+    assert_string_equal(serial_of(e, "e1"), serial); /* nothing to re-issue */
+}
+
+static bool renewed(void *arg)
+{
+    env *e = arg;
+    agent_stats st;
+    agent_get_stats(e->a, &st);
+    return st.renewals >= 1 && agent_synced(e->a);
+}
+
+static void test_agent_renewal(void **state)
+{
+    env *e = *state;
+    fake_add_entry(e->f, "e1", WL_A, e->uid_sel, 3600);
+    fake_add_token(e->f, "tok-r");
+    fake_set_agent_ttl(e->f, 3);
+    assert_true(mid_is_ok(start_agent(e, "tok-r")));
+    wait_issued(e, 1);
+    int syncs = fake_get_counts(e->f)->syncs_total;
+    assert_true(run_until(e->loop, renewed, e, 6000));
+    assert_true(fake_get_counts(e->f)->renews >= 1);
+    sync_wait w = {e, syncs};
+    assert_true(run_until(e->loop, resynced, &w, 5000)); /* Sync reopened with the new cert */
+    assert_int_equal(fake_get_counts(e->f)->unauthenticated, 0);
+    /* the renewed identity is what a restart picks up */
+    fake_set_agent_ttl(e->f, 3600);
+    restart_agent(e, NULL);
+    assert_true(run_until(e->loop, synced, e, 10000));
+    assert_int_equal(fake_get_counts(e->f)->attests, 1);
+}
+
+int run_agent_tests(void)
+{
+    if (getenv("MESHID_TEST_LOG")) log_set_level(LOG_LVL_DEBUG);
+    else log_set_level(LOG_LVL_OFF);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_bootstrap_token_and_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_token_is_fatal, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_identity_no_token, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_entries_issued_with_local_keys, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_selector_matching, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rotation_at_half_life, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_entry_change_reissues, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_server_down_serves_cache, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_agent_renewal, setup, teardown),
+    };
+    return cmocka_run_group_tests_name("sds/agent", tests, NULL, NULL);
+}

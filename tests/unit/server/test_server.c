@@ -1,0 +1,773 @@
+/* sds/server: the node API and the admin API end to end on one loop, with a
+ * real store and CA in a temporary data directory. The test plays both the
+ * agent (over TLS, with and without its SVID) and the admin (on the Unix
+ * socket). */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#include "ca/ca.h"
+#include "identity/join_token.h"
+#include "lib/log.h"
+#include "lib/rpc.h"
+#include "lib/timeutil.h"
+#include "meshid/admin/v1/admin.pb-c.h"
+#include "meshid/agent/v1/agent.pb-c.h"
+#include "sds/admin_client.h"
+#include "sds/node_service.h"
+#include "sds/server.h"
+#include "storage/store.h"
+#include "tests/unit/server/server_tests.h"
+
+#define TD "t.test"
+#define NODE "/meshid.agent.v1.Node/"
+#define ADMIN "/meshid.admin.v1.Admin/"
+#define TIMEOUT_MS 20000
+
+typedef struct {
+    char dir[64];
+    char db[128];
+    rpc_loop *loop;
+    server *srv;
+    char target[64];
+    rpc_channel *admin, *anon;
+    char *bundle_pem;
+    /* the attested agent */
+    char agent_id[256];
+    char *agent_cert, *agent_key;
+    rpc_channel *agent;
+    /* last unary result */
+    bool waiting;
+    rpc_code code;
+    char msg[512];
+    ProtobufCMessage *resp; /* a copy, freed by the test */
+} fx;
+
+/* ---- helpers ------------------------------------------------------------- */
+
+static void on_timeout(rpc_loop *loop, void *arg)
+{
+    (void)arg;
+    rpc_loop_stop(loop);
+    fail_msg("timed out");
+}
+
+static void run_until(fx *f, bool *flag)
+{
+    rpc_timer *t;
+    assert_true(mid_is_ok(rpc_timer_add(f->loop, TIMEOUT_MS, on_timeout, f, &t)));
+    while (*flag) assert_true(mid_is_ok(rpc_loop_run(f->loop)));
+    rpc_timer_cancel(f->loop, t);
+}
+
+static void on_unary(const rpc_status *st, const ProtobufCMessage *resp, void *arg)
+{
+    fx *f = arg;
+    f->code = st->code;
+    snprintf(f->msg, sizeof f->msg, "%s", st->message ? st->message : "");
+    f->resp = NULL;
+    if (resp) {
+        size_t n = protobuf_c_message_get_packed_size(resp);
+        uint8_t *buf = malloc(n + 1);
+        protobuf_c_message_pack(resp, buf);
+        f->resp = protobuf_c_message_unpack(resp->descriptor, NULL, n, buf);
+        free(buf);
+    }
+    f->waiting = false;
+    rpc_loop_stop(f->loop);
+}
+
+/* One unary call; returns the code, *resp (may be NULL) owned by caller. */
+static rpc_code unary(fx *f, rpc_channel *ch, const char *method, const ProtobufCMessage *req,
+                      const ProtobufCMessageDescriptor *desc, void *resp)
+{
+    rpc_call_opts o = {.timeout_ms = 10000};
+    f->waiting = true;
+    assert_true(mid_is_ok(rpc_unary(ch, method, req, desc, &o, on_unary, f)));
+    run_until(f, &f->waiting);
+    if (resp) *(ProtobufCMessage **)resp = f->resp;
+    else if (f->resp) protobuf_c_message_free_unpacked(f->resp, NULL);
+    f->resp = NULL;
+    return f->code;
+}
+
+static void free_msg(void *m)
+{
+    if (m) protobuf_c_message_free_unpacked(m, NULL);
+}
+
+/* A CSR (DER) for a new P-256 key; *key_pem gets the key. uri may be NULL. */
+static ProtobufCBinaryData make_csr(const char *uri, char **key_pem)
+{
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    X509_REQ *req = X509_REQ_new();
+    X509_REQ_set_pubkey(req, k);
+    if (uri) {
+        STACK_OF(X509_EXTENSION) *exts = sk_X509_EXTENSION_new_null();
+        char san[300];
+        snprintf(san, sizeof san, "URI:%s", uri);
+        X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, NULL, NID_subject_alt_name, san);
+        sk_X509_EXTENSION_push(exts, e);
+        X509_REQ_add_extensions(req, exts);
+        sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+    }
+    X509_REQ_sign(req, k, EVP_sha256());
+    ProtobufCBinaryData out = {0, NULL};
+    int n = i2d_X509_REQ(req, &out.data);
+    out.len = (size_t)n;
+    if (key_pem) {
+        BIO *b = BIO_new(BIO_s_mem());
+        PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL);
+        char *d;
+        long len = BIO_get_mem_data(b, &d);
+        *key_pem = strndup(d, (size_t)len);
+        BIO_free(b);
+    }
+    X509_REQ_free(req);
+    EVP_PKEY_free(k);
+    return out;
+}
+
+static void free_csr(ProtobufCBinaryData *c) { OPENSSL_free(c->data); }
+
+/* DER chain -> PEM text. */
+static char *chain_pem(ProtobufCBinaryData *der, size_t n)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    for (size_t i = 0; i < n; i++) {
+        const unsigned char *p = der[i].data;
+        X509 *x = d2i_X509(NULL, &p, (long)der[i].len);
+        assert_non_null(x);
+        PEM_write_bio_X509(b, x);
+        X509_free(x);
+    }
+    char *d;
+    long len = BIO_get_mem_data(b, &d);
+    char *s = strndup(d, (size_t)len);
+    BIO_free(b);
+    return s;
+}
+
+/* The single URI SAN of a DER certificate. */
+static void cert_uri(const ProtobufCBinaryData *der, char *out, size_t cap)
+{
+    const unsigned char *p = der->data;
+    X509 *x = d2i_X509(NULL, &p, (long)der->len);
+    assert_non_null(x);
+    GENERAL_NAMES *sans = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+    out[0] = '\0';
+    for (int i = 0; sans && i < sk_GENERAL_NAME_num(sans); i++) {
+        GENERAL_NAME *g = sk_GENERAL_NAME_value(sans, i);
+        if (g->type == GEN_URI)
+            snprintf(out, cap, "%.*s", ASN1_STRING_length(g->d.uniformResourceIdentifier),
+                     (const char *)ASN1_STRING_get0_data(g->d.uniformResourceIdentifier));
+    }
+    GENERAL_NAMES_free(sans);
+    X509_free(x);
+}
+
+static rpc_channel *node_channel(fx *f, const char *cert, const char *key)
+{
+    rpc_tls tls = {.ca_pem = f->bundle_pem, .cert_pem = cert, .key_pem = key,
+                   .server_name = "localhost", .server_spiffe_id = "spiffe://" TD "/meshid/server"};
+    rpc_channel *ch;
+    assert_true(mid_is_ok(rpc_channel_new(f->loop, f->target, &tls, 0, &ch)));
+    return ch;
+}
+
+static void admin_token(fx *f, const char *sid, char token[JOIN_TOKEN_LEN + 1])
+{
+    Meshid__Admin__V1__CreateJoinTokenRequest req = MESHID__ADMIN__V1__CREATE_JOIN_TOKEN_REQUEST__INIT;
+    if (sid) req.spiffe_id = (char *)sid;
+    Meshid__Admin__V1__CreateJoinTokenResponse *resp;
+    assert_int_equal(unary(f, f->admin, ADMIN "CreateJoinToken", &req.base,
+                           &meshid__admin__v1__create_join_token_response__descriptor, &resp),
+                     RPC_OK);
+    assert_int_equal(strlen(resp->token), JOIN_TOKEN_LEN);
+    assert_true(resp->expires_at > time_now() + 3000);
+    snprintf(token, JOIN_TOKEN_LEN + 1, "%s", resp->token);
+    free_msg(resp);
+}
+
+static rpc_code attest(fx *f, const char *token, ProtobufCBinaryData csr,
+                       Meshid__Agent__V1__AttestAgentResponse **resp)
+{
+    Meshid__Agent__V1__AttestAgentRequest req = MESHID__AGENT__V1__ATTEST_AGENT_REQUEST__INIT;
+    req.join_token = (char *)token;
+    req.csr = csr;
+    req.hostname = "node-1";
+    return unary(f, f->anon, NODE "AttestAgent", &req.base,
+                 &meshid__agent__v1__attest_agent_response__descriptor, resp);
+}
+
+static char *create_entry(fx *f, const char *sid, const char *parent, const char *uid)
+{
+    Meshid__Agent__V1__Selector sel = MESHID__AGENT__V1__SELECTOR__INIT;
+    sel.type = "unix";
+    sel.value = (char *)uid;
+    Meshid__Agent__V1__Selector *selp = &sel;
+    char *dns[] = {"web.t.test"};
+    Meshid__Agent__V1__Entry e = MESHID__AGENT__V1__ENTRY__INIT;
+    e.spiffe_id = (char *)sid;
+    e.parent_id = (char *)parent;
+    e.selectors = &selp;
+    e.n_selectors = 1;
+    e.dns_names = dns;
+    e.n_dns_names = 1;
+    e.ttl_seconds = 600;
+    Meshid__Admin__V1__CreateEntryRequest req = MESHID__ADMIN__V1__CREATE_ENTRY_REQUEST__INIT;
+    req.entry = &e;
+    Meshid__Admin__V1__CreateEntryResponse *resp;
+    assert_int_equal(unary(f, f->admin, ADMIN "CreateEntry", &req.base,
+                           &meshid__admin__v1__create_entry_response__descriptor, &resp),
+                     RPC_OK);
+    assert_non_null(resp->entry);
+    assert_string_equal(resp->entry->spiffe_id, sid);
+    assert_true(resp->entry->revision > 0);
+    char *id = strdup(resp->entry->id);
+    free_msg(resp);
+    return id;
+}
+
+/* ---- fixture -------------------------------------------------------------- */
+
+static int setup(void **state)
+{
+    fx *f = calloc(1, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/meshid-server-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->db, sizeof f->db, "%s/meshid.db", f->dir);
+    store *st;
+    assert_true(mid_is_ok(store_open(f->db, NULL, &st)));
+    ca_init_opts io = {.trust_domain = TD, .key_type = CA_KEY_EC_P256, .actor = "test"};
+    assert_true(mid_is_ok(ca_init(st, f->dir, &io)));
+    store_close(st);
+
+    assert_true(mid_is_ok(rpc_loop_new(&f->loop)));
+    server_opts o = {.data_dir = f->dir, .listen = "127.0.0.1:0", .workers = 2,
+                     .sync_poll_ms = 100};
+    mid_result r = server_start(&o, f->loop, &f->srv);
+    if (!mid_is_ok(r)) fail_msg("server_start: %s", mid_errmsg());
+    assert_string_equal(server_trust_domain(f->srv), TD);
+    snprintf(f->target, sizeof f->target, "127.0.0.1:%d", server_port(f->srv));
+    f->bundle_pem = strdup(server_bundle_pem(f->srv));
+    struct stat sb;
+    assert_int_equal(stat(server_admin_path(f->srv), &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0600);
+    char t[4200];
+    snprintf(t, sizeof t, "unix:%s", server_admin_path(f->srv));
+    assert_true(mid_is_ok(rpc_channel_new(f->loop, t, NULL, 0, &f->admin)));
+    f->anon = node_channel(f, NULL, NULL);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fx *f = *state;
+    server_stop(f->srv);
+    rpc_loop_free(f->loop);
+    server_free(f->srv);
+    free(f->bundle_pem);
+    free(f->agent_cert);
+    if (f->agent_key) free(f->agent_key);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
+    assert_int_equal(system(cmd), 0);
+    free(f);
+    return 0;
+}
+
+/* Attests with a fresh token and opens the agent's mutual-TLS channel. */
+static void attest_agent(fx *f)
+{
+    char token[JOIN_TOKEN_LEN + 1];
+    admin_token(f, NULL, token);
+    ProtobufCBinaryData csr = make_csr(NULL, &f->agent_key);
+    Meshid__Agent__V1__AttestAgentResponse *resp;
+    assert_int_equal(attest(f, token, csr, &resp), RPC_OK);
+    free_csr(&csr);
+    static const char prefix[] = "spiffe://" TD "/meshid/agent/join_token/";
+    assert_true(strncmp(resp->agent_spiffe_id, prefix, strlen(prefix)) == 0);
+    assert_true(resp->n_svid_chain >= 2);
+    assert_true(resp->n_bundle >= 1);
+    assert_true(resp->bundle_sequence > 0);
+    char uri[256];
+    cert_uri(&resp->svid_chain[0], uri, sizeof uri);
+    assert_string_equal(uri, resp->agent_spiffe_id);
+    snprintf(f->agent_id, sizeof f->agent_id, "%s", resp->agent_spiffe_id);
+    f->agent_cert = chain_pem(resp->svid_chain, resp->n_svid_chain);
+    free_msg(resp);
+    f->agent = node_channel(f, f->agent_cert, f->agent_key);
+}
+
+/* ---- audit helpers --------------------------------------------------------- */
+
+typedef struct {
+    const char *reason_has;
+    int n;
+} audit_count;
+
+static int count_cb(void *ctx, const store_audit_event *ev)
+{
+    audit_count *c = ctx;
+    if (!c->reason_has || (ev->reason && strstr(ev->reason, c->reason_has))) c->n++;
+    return 0;
+}
+
+static int audit_events(fx *f, const char *event, const char *outcome, const char *reason_has)
+{
+    store *st;
+    assert_true(mid_is_ok(store_open(f->db, NULL, &st)));
+    store_audit_filter flt = {.event = event, .outcome = outcome};
+    audit_count c = {reason_has, 0};
+    assert_true(mid_is_ok(store_audit_query(st, &flt, count_cb, &c)));
+    store_close(st);
+    return c.n;
+}
+
+/* ---- tests ----------------------------------------------------------------- */
+
+static void test_attest(void **state)
+{
+    fx *f = *state;
+    char token[JOIN_TOKEN_LEN + 1];
+    admin_token(f, NULL, token);
+
+    /* a bad CSR is refused before the token is spent */
+    ProtobufCBinaryData junk = {5, (uint8_t *)"junk!"};
+    assert_int_equal(attest(f, token, junk, NULL), RPC_INVALID_ARGUMENT);
+
+    ProtobufCBinaryData csr = make_csr(NULL, NULL);
+    Meshid__Agent__V1__AttestAgentResponse *resp;
+    assert_int_equal(attest(f, token, csr, &resp), RPC_OK);
+    free_msg(resp);
+
+    /* reuse, unknown, malformed */
+    assert_int_equal(attest(f, token, csr, NULL), RPC_PERMISSION_DENIED);
+    assert_non_null(strstr(f->msg, "already used"));
+    char other[JOIN_TOKEN_LEN + 1], hash[JOIN_TOKEN_HASH_LEN + 1];
+    assert_true(mid_is_ok(join_token_generate(other, hash)));
+    assert_int_equal(attest(f, other, csr, NULL), RPC_PERMISSION_DENIED);
+    assert_non_null(strstr(f->msg, "unknown"));
+    assert_int_equal(attest(f, "not-a-token", csr, NULL), RPC_PERMISSION_DENIED);
+
+    /* expired: written straight into the store */
+    store *st;
+    assert_true(mid_is_ok(store_open(f->db, NULL, &st)));
+    store_join_token t = {.token_hash = hash, .expires_at = time_now() - 10,
+                          .created_at = time_now() - 100};
+    assert_true(mid_is_ok(store_join_token_create(st, &t, NULL)));
+    store_close(st);
+    assert_int_equal(attest(f, other, csr, NULL), RPC_PERMISSION_DENIED);
+    assert_non_null(strstr(f->msg, "expired"));
+
+    /* a token bound to an identity */
+    char bound[JOIN_TOKEN_LEN + 1];
+    admin_token(f, "spiffe://" TD "/nodes/rack1", bound);
+    assert_int_equal(attest(f, bound, csr, &resp), RPC_OK);
+    assert_string_equal(resp->agent_spiffe_id, "spiffe://" TD "/nodes/rack1");
+    free_msg(resp);
+    free_csr(&csr);
+
+    /* an admin token request for a foreign trust domain is refused */
+    Meshid__Admin__V1__CreateJoinTokenRequest bad = MESHID__ADMIN__V1__CREATE_JOIN_TOKEN_REQUEST__INIT;
+    bad.spiffe_id = "spiffe://other.test/x";
+    assert_int_equal(unary(f, f->admin, ADMIN "CreateJoinToken", &bad.base,
+                           &meshid__admin__v1__create_join_token_response__descriptor, NULL),
+                     RPC_INVALID_ARGUMENT);
+
+    assert_int_equal(audit_events(f, "agent.attest", "ok", NULL), 2);
+    assert_int_equal(audit_events(f, "agent.attest", "denied", "already used"), 1);
+    assert_int_equal(audit_events(f, "agent.attest", "denied", "expired"), 1);
+    assert_int_equal(audit_events(f, "agent.attest", "denied", "unknown"), 1);
+    assert_int_equal(audit_events(f, "join_token.create", "ok", NULL), 2);
+}
+
+static void test_renew_and_sign(void **state)
+{
+    fx *f = *state;
+    attest_agent(f);
+    ProtobufCBinaryData csr = make_csr(NULL, NULL);
+
+    /* without a client certificate: UNAUTHENTICATED */
+    Meshid__Agent__V1__RenewAgentRequest rr = MESHID__AGENT__V1__RENEW_AGENT_REQUEST__INIT;
+    rr.csr = csr;
+    assert_int_equal(unary(f, f->anon, NODE "RenewAgent", &rr.base,
+                           &meshid__agent__v1__renew_agent_response__descriptor, NULL),
+                     RPC_UNAUTHENTICATED);
+    Meshid__Agent__V1__BatchSignRequest empty = MESHID__AGENT__V1__BATCH_SIGN_REQUEST__INIT;
+    assert_int_equal(unary(f, f->anon, NODE "BatchSignX509SVID", &empty.base,
+                           &meshid__agent__v1__batch_sign_response__descriptor, NULL),
+                     RPC_UNAUTHENTICATED);
+
+    /* with the agent's SVID */
+    Meshid__Agent__V1__RenewAgentResponse *renewed;
+    assert_int_equal(unary(f, f->agent, NODE "RenewAgent", &rr.base,
+                           &meshid__agent__v1__renew_agent_response__descriptor, &renewed),
+                     RPC_OK);
+    char uri[256];
+    cert_uri(&renewed->svid_chain[0], uri, sizeof uri);
+    assert_string_equal(uri, f->agent_id);
+    free_msg(renewed);
+    assert_int_equal(audit_events(f, "agent.renew", "ok", NULL), 1);
+
+    char *mine = create_entry(f, "spiffe://" TD "/web", f->agent_id, "uid:1000");
+    char *theirs = create_entry(f, "spiffe://" TD "/db", "spiffe://" TD "/meshid/agent/other",
+                                "uid:1001");
+    ProtobufCBinaryData asks_other = make_csr("spiffe://" TD "/admin", NULL);
+    Meshid__Agent__V1__SignRequest s[4] = {
+        MESHID__AGENT__V1__SIGN_REQUEST__INIT, MESHID__AGENT__V1__SIGN_REQUEST__INIT,
+        MESHID__AGENT__V1__SIGN_REQUEST__INIT, MESHID__AGENT__V1__SIGN_REQUEST__INIT};
+    s[0].entry_id = mine;
+    s[0].csr = csr;
+    s[1].entry_id = theirs;
+    s[1].csr = csr;
+    s[2].entry_id = mine;
+    s[2].csr = asks_other;
+    s[3].entry_id = "0123456789abcdef";
+    s[3].csr = csr;
+    Meshid__Agent__V1__SignRequest *sp[4] = {&s[0], &s[1], &s[2], &s[3]};
+    Meshid__Agent__V1__BatchSignRequest br = MESHID__AGENT__V1__BATCH_SIGN_REQUEST__INIT;
+    br.requests = sp;
+    br.n_requests = 4;
+    Meshid__Agent__V1__BatchSignResponse *bresp;
+    assert_int_equal(unary(f, f->agent, NODE "BatchSignX509SVID", &br.base,
+                           &meshid__agent__v1__batch_sign_response__descriptor, &bresp),
+                     RPC_OK);
+    assert_int_equal(bresp->n_results, 4);
+    assert_int_equal(bresp->results[0]->code, RPC_OK);
+    assert_string_equal(bresp->results[0]->entry_id, mine);
+    cert_uri(&bresp->results[0]->svid_chain[0], uri, sizeof uri);
+    assert_string_equal(uri, "spiffe://" TD "/web");
+    assert_int_equal(bresp->results[1]->code, RPC_PERMISSION_DENIED);
+    assert_non_null(strstr(bresp->results[1]->message, "is not parented to"));
+    assert_int_equal(bresp->n_results > 2 ? bresp->results[1]->n_svid_chain : 1, 0);
+    assert_int_not_equal(bresp->results[2]->code, RPC_OK); /* CSR asked for another URI */
+    assert_int_equal(bresp->results[3]->code, RPC_NOT_FOUND);
+    free_msg(bresp);
+    assert_int_equal(audit_events(f, "svid.refuse", "denied", "is not parented to"), 1);
+
+    /* over the batch cap */
+    Meshid__Agent__V1__SignRequest **many = calloc(NODE_BATCH_MAX + 1, sizeof *many);
+    for (int i = 0; i <= NODE_BATCH_MAX; i++) many[i] = &s[0];
+    br.requests = many;
+    br.n_requests = NODE_BATCH_MAX + 1;
+    assert_int_equal(unary(f, f->agent, NODE "BatchSignX509SVID", &br.base,
+                           &meshid__agent__v1__batch_sign_response__descriptor, NULL),
+                     RPC_INVALID_ARGUMENT);
+    free(many);
+
+    /* admin reads */
+    Meshid__Admin__V1__ListEntriesRequest lr = MESHID__ADMIN__V1__LIST_ENTRIES_REQUEST__INIT;
+    lr.parent_id = f->agent_id;
+    Meshid__Admin__V1__ListEntriesResponse *lresp;
+    assert_int_equal(unary(f, f->admin, ADMIN "ListEntries", &lr.base,
+                           &meshid__admin__v1__list_entries_response__descriptor, &lresp),
+                     RPC_OK);
+    assert_int_equal(lresp->n_entries, 1);
+    assert_string_equal(lresp->entries[0]->selectors[0]->value, "uid:1000");
+    free_msg(lresp);
+    Meshid__Admin__V1__GetEntryRequest gr = MESHID__ADMIN__V1__GET_ENTRY_REQUEST__INIT;
+    gr.id = "ffff";
+    assert_int_equal(unary(f, f->admin, ADMIN "GetEntry", &gr.base,
+                           &meshid__admin__v1__get_entry_response__descriptor, NULL),
+                     RPC_NOT_FOUND);
+    Meshid__Admin__V1__DeleteEntryRequest dr = MESHID__ADMIN__V1__DELETE_ENTRY_REQUEST__INIT;
+    dr.id = theirs;
+    assert_int_equal(unary(f, f->admin, ADMIN "DeleteEntry", &dr.base,
+                           &meshid__admin__v1__delete_entry_response__descriptor, NULL),
+                     RPC_OK);
+    assert_int_equal(unary(f, f->admin, ADMIN "DeleteEntry", &dr.base,
+                           &meshid__admin__v1__delete_entry_response__descriptor, NULL),
+                     RPC_NOT_FOUND);
+    /* a bad selector */
+    Meshid__Agent__V1__Selector sel = MESHID__AGENT__V1__SELECTOR__INIT;
+    sel.type = "unix";
+    sel.value = "uid:01000";
+    Meshid__Agent__V1__Selector *selp = &sel;
+    Meshid__Agent__V1__Entry e = MESHID__AGENT__V1__ENTRY__INIT;
+    e.spiffe_id = "spiffe://" TD "/x";
+    e.parent_id = f->agent_id;
+    e.selectors = &selp;
+    e.n_selectors = 1;
+    Meshid__Admin__V1__CreateEntryRequest cr = MESHID__ADMIN__V1__CREATE_ENTRY_REQUEST__INIT;
+    cr.entry = &e;
+    assert_int_equal(unary(f, f->admin, ADMIN "CreateEntry", &cr.base,
+                           &meshid__admin__v1__create_entry_response__descriptor, NULL),
+                     RPC_INVALID_ARGUMENT);
+
+    free(mine);
+    free(theirs);
+    free_csr(&csr);
+    free_csr(&asks_other);
+}
+
+/* ---- Sync and eviction ------------------------------------------------------- */
+
+typedef struct {
+    fx *f;
+    int msgs;
+    size_t last_entries;
+    uint64_t last_rev, last_seq;
+    bool done;
+    rpc_code code;
+    char msg[256];
+    int want_msgs; /* stop the loop when reached */
+} sync_watch;
+
+static void sync_msg(rpc_stream *s, const ProtobufCMessage *m, void *arg)
+{
+    (void)s;
+    sync_watch *w = arg;
+    const Meshid__Agent__V1__AgentSyncResponse *r = (const Meshid__Agent__V1__AgentSyncResponse *)m;
+    w->msgs++;
+    w->last_entries = r->n_entries;
+    w->last_rev = r->entries_revision;
+    w->last_seq = r->bundle_sequence;
+    if (w->msgs >= w->want_msgs) rpc_loop_stop(w->f->loop);
+}
+
+static void sync_end(rpc_stream *s, const rpc_status *st, void *arg)
+{
+    (void)s;
+    sync_watch *w = arg;
+    w->done = true;
+    w->code = st->code;
+    snprintf(w->msg, sizeof w->msg, "%s", st->message ? st->message : "");
+    rpc_loop_stop(w->f->loop);
+}
+
+static const rpc_stream_handler sync_h = {sync_msg, sync_end};
+
+static void wait_msgs(fx *f, sync_watch *w, int n)
+{
+    w->want_msgs = n;
+    bool waiting = true;
+    rpc_timer *t;
+    assert_true(mid_is_ok(rpc_timer_add(f->loop, TIMEOUT_MS, on_timeout, f, &t)));
+    while (waiting) {
+        assert_true(mid_is_ok(rpc_loop_run(f->loop)));
+        waiting = w->msgs < n && !w->done;
+    }
+    rpc_timer_cancel(f->loop, t);
+}
+
+static void test_sync_and_evict(void **state)
+{
+    fx *f = *state;
+    attest_agent(f);
+    char *first = create_entry(f, "spiffe://" TD "/web", f->agent_id, "uid:1000");
+
+    /* without a certificate */
+    sync_watch anon = {.f = f};
+    rpc_stream *as;
+    assert_true(mid_is_ok(rpc_stream_open(f->anon, NODE "Sync", RPC_BIDI, NULL,
+                                          &meshid__agent__v1__agent_sync_response__descriptor,
+                                          NULL, &sync_h, &anon, &as)));
+    wait_msgs(f, &anon, 1);
+    assert_true(anon.done);
+    assert_int_equal(anon.code, RPC_UNAUTHENTICATED);
+
+    sync_watch w = {.f = f};
+    rpc_stream *s;
+    Meshid__Agent__V1__AgentSyncRequest hello = MESHID__AGENT__V1__AGENT_SYNC_REQUEST__INIT;
+    assert_true(mid_is_ok(rpc_stream_open(f->agent, NODE "Sync", RPC_BIDI, &hello.base,
+                                          &meshid__agent__v1__agent_sync_response__descriptor,
+                                          NULL, &sync_h, &w, &s)));
+    wait_msgs(f, &w, 1);
+    assert_false(w.done);
+    assert_int_equal(w.last_entries, 1);
+    assert_true(w.last_seq > 0);
+    uint64_t rev = w.last_rev;
+
+    /* an ack is recorded */
+    Meshid__Agent__V1__AgentSyncRequest ack = MESHID__AGENT__V1__AGENT_SYNC_REQUEST__INIT;
+    ack.bundle_sequence_ack = w.last_seq;
+    ack.entries_revision_ack = w.last_rev;
+    assert_true(mid_is_ok(rpc_stream_send(s, &ack.base)));
+
+    /* a new entry for this agent is pushed */
+    char *second = create_entry(f, "spiffe://" TD "/api", f->agent_id, "uid:1001");
+    wait_msgs(f, &w, 2);
+    assert_int_equal(w.last_entries, 2);
+    assert_true(w.last_rev > rev);
+
+    /* eviction: the stream is closed, calls are refused */
+    Meshid__Admin__V1__EvictAgentRequest er = MESHID__ADMIN__V1__EVICT_AGENT_REQUEST__INIT;
+    er.spiffe_id = f->agent_id;
+    Meshid__Admin__V1__EvictAgentResponse *eresp;
+    assert_int_equal(unary(f, f->admin, ADMIN "EvictAgent", &er.base,
+                           &meshid__admin__v1__evict_agent_response__descriptor, &eresp),
+                     RPC_OK);
+    assert_true(eresp->agent->banned);
+    free_msg(eresp);
+    if (!w.done) wait_msgs(f, &w, 1000);
+    assert_true(w.done);
+    assert_int_equal(w.code, RPC_PERMISSION_DENIED);
+    assert_non_null(strstr(w.msg, "evicted"));
+
+    ProtobufCBinaryData csr = make_csr(NULL, NULL);
+    Meshid__Agent__V1__RenewAgentRequest rr = MESHID__AGENT__V1__RENEW_AGENT_REQUEST__INIT;
+    rr.csr = csr;
+    assert_int_equal(unary(f, f->agent, NODE "RenewAgent", &rr.base,
+                           &meshid__agent__v1__renew_agent_response__descriptor, NULL),
+                     RPC_PERMISSION_DENIED);
+    free_csr(&csr);
+
+    Meshid__Admin__V1__ListAgentsRequest lr = MESHID__ADMIN__V1__LIST_AGENTS_REQUEST__INIT;
+    Meshid__Admin__V1__ListAgentsResponse *lresp;
+    assert_int_equal(unary(f, f->admin, ADMIN "ListAgents", &lr.base,
+                           &meshid__admin__v1__list_agents_response__descriptor, &lresp),
+                     RPC_OK);
+    assert_int_equal(lresp->n_agents, 1);
+    assert_true(lresp->agents[0]->banned);
+    assert_string_equal(lresp->agents[0]->hostname, "node-1");
+    free_msg(lresp);
+    assert_int_equal(audit_events(f, "agent.evict", "ok", NULL), 1);
+    er.spiffe_id = "spiffe://" TD "/nobody";
+    assert_int_equal(unary(f, f->admin, ADMIN "EvictAgent", &er.base,
+                           &meshid__admin__v1__evict_agent_response__descriptor, NULL),
+                     RPC_NOT_FOUND);
+
+    /* the whole log still verifies */
+    store *st;
+    assert_true(mid_is_ok(store_open(f->db, NULL, &st)));
+    store_audit_verdict v;
+    assert_true(mid_is_ok(store_audit_verify(st, &v)));
+    assert_int_equal(v.ok, 1);
+    store_close(st);
+    free(first);
+    free(second);
+}
+
+/* ---- admin access by uid ------------------------------------------------------ */
+
+int server_tests_admin_child(const char *sock)
+{
+    Meshid__Admin__V1__ListAgentsRequest req = MESHID__ADMIN__V1__LIST_AGENTS_REQUEST__INIT;
+    ProtobufCMessage *resp = NULL;
+    mid_result r = admin_call(sock, "ListAgents", &req.base,
+                              &meshid__admin__v1__list_agents_response__descriptor, &resp);
+    if (resp) protobuf_c_message_free_unpacked(resp, NULL);
+    if (mid_is_ok(r)) return 0;
+    fprintf(stderr, "child: %s\n", mid_errmsg());
+    return r.err == MID_E_DENIED ? 7 : r.err == MID_E_IO ? 14 : 1;
+}
+
+typedef struct {
+    const char *sock;
+    int status;
+} child_run;
+
+/* Runs the child (another uid) from a thread so the loop keeps serving. */
+static void *run_child(void *arg)
+{
+    child_run *c = arg;
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (setgid(65534) != 0 || setuid(65534) != 0) _exit(99);
+        execl("/proc/self/exe", "unit_server", "--admin-child", c->sock, (char *)NULL);
+        _exit(98);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    __atomic_store_n(&c->status, WIFEXITED(st) ? WEXITSTATUS(st) : -1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+typedef struct {
+    fx *f;
+    child_run c;
+    bool done;
+} child_wait;
+
+static void poll_child(rpc_loop *loop, void *arg)
+{
+    child_wait *w = arg;
+    if (__atomic_load_n(&w->c.status, __ATOMIC_ACQUIRE) >= 0) {
+        w->done = true;
+        rpc_loop_stop(loop);
+        return;
+    }
+    rpc_timer *t;
+    assert_true(mid_is_ok(rpc_timer_add(loop, 20, poll_child, w, &t)));
+}
+
+static int child_status(fx *f)
+{
+    child_wait w = {.f = f, .c = {server_admin_path(f->srv), -2}};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, run_child, &w.c), 0);
+    /* status is written by the thread; poll it from the loop */
+    rpc_timer *t;
+    assert_true(mid_is_ok(rpc_timer_add(f->loop, 20, poll_child, &w, &t)));
+    while (!w.done) assert_true(mid_is_ok(rpc_loop_run(f->loop)));
+    pthread_join(th, NULL);
+    return w.c.status;
+}
+
+static void test_admin_other_uid(void **state)
+{
+    fx *f = *state;
+    if (geteuid() != 0) skip();
+    /* the socket's mode keeps uid 65534 out */
+    assert_int_equal(child_status(f), 14);
+    /* with the mode loosened, the server still refuses the peer's uid */
+    assert_int_equal(chmod(server_admin_path(f->srv), 0666), 0);
+    assert_int_equal(chmod(f->dir, 0755), 0);
+    char run[128];
+    snprintf(run, sizeof run, "%s/run", f->dir);
+    assert_int_equal(chmod(run, 0755), 0);
+    assert_int_equal(child_status(f), 7);
+    /* and root still gets in */
+    Meshid__Admin__V1__ListAgentsRequest lr = MESHID__ADMIN__V1__LIST_AGENTS_REQUEST__INIT;
+    assert_int_equal(unary(f, f->admin, ADMIN "ListAgents", &lr.base,
+                           &meshid__admin__v1__list_agents_response__descriptor, NULL),
+                     RPC_OK);
+}
+
+static void test_no_trust_domain(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/meshid-server-empty-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    rpc_loop *loop;
+    assert_true(mid_is_ok(rpc_loop_new(&loop)));
+    server_opts o = {.data_dir = dir, .listen = "127.0.0.1:0"};
+    server *s = NULL;
+    mid_result r = server_start(&o, loop, &s);
+    assert_int_equal(r.err, MID_E_NOT_FOUND);
+    assert_non_null(strstr(mid_errmsg(), "meshid ca init"));
+    assert_null(s);
+    rpc_loop_free(loop);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+int run_server_tests(void)
+{
+    log_set_level(LOG_LVL_ERROR);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_attest, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_renew_and_sign, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sync_and_evict, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_admin_other_uid, setup, teardown),
+        cmocka_unit_test(test_no_trust_domain),
+    };
+    return cmocka_run_group_tests_name("server", tests, NULL, NULL);
+}
