@@ -38,6 +38,8 @@ int cmd_bundle(cli_ctx *ctx, int argc, char **argv);
 int cmd_audit(cli_ctx *ctx, int argc, char **argv);
 /* cmd_server: argv[0] is "server" (it has no verb). */
 int cmd_server(cli_ctx *ctx, int argc, char **argv);
+/* cmd_dev: argv[0] is "dev" (it has no verb). */
+int cmd_dev(cli_ctx *ctx, int argc, char **argv);
 int cmd_token(cli_ctx *ctx, int argc, char **argv);
 int cmd_entry(cli_ctx *ctx, int argc, char **argv);
 /* agent list | evict (cli/cmd_admin.c); anything else runs the node agent. */

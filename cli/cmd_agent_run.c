@@ -1,14 +1,13 @@
 /* meshid agent --server HOST:PORT [--join-token T] [--trust-bundle FILE] ...
  * Runs the node agent until SIGINT / SIGTERM. */
 #include <getopt.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli.h"
 #include "lib/fsutil.h"
+#include "lib/sigstop.h"
 #include "lib/log.h"
 #include "lib/rpc.h"
 #include "sds/agent.h"
@@ -21,21 +20,8 @@
 
 typedef struct {
     rpc_loop *loop;
-    sigset_t set;
-    int sig;
     int fatal;
 } run_state;
-
-static void *signal_thread(void *arg)
-{
-    run_state *rs = arg;
-    int sig = 0;
-    if (sigwait(&rs->set, &sig) == 0) {
-        rs->sig = sig;
-        rpc_loop_stop(rs->loop);
-    }
-    return NULL;
-}
 
 static void on_fatal(void *arg, const char *msg)
 {
@@ -102,41 +88,29 @@ int cmd_agent_run(cli_ctx *ctx, int argc, char **argv)
     run_state rs = {0};
     rpc_loop *loop = NULL;
     agent *a = NULL;
-    pthread_t th;
-    bool th_started = false;
+    sigstop *stop = NULL;
     int rc = CLI_EXIT_OK;
-    sigemptyset(&rs.set);
-    sigaddset(&rs.set, SIGINT);
-    sigaddset(&rs.set, SIGTERM);
     /* block before any thread exists, so only the signal thread takes them */
-    pthread_sigmask(SIG_BLOCK, &rs.set, NULL);
-
-    mid_result r = rpc_loop_new(&loop);
+    mid_result r = sigstop_block();
+    if (mid_is_ok(r)) r = rpc_loop_new(&loop);
     if (!mid_is_ok(r)) goto fail;
     rs.loop = loop;
     ao.on_fatal = on_fatal;
     ao.on_fatal_arg = &rs;
     r = agent_start(&ao, loop, &a);
     if (!mid_is_ok(r)) goto fail;
-    if (pthread_create(&th, NULL, signal_thread, &rs) != 0) {
-        r = mid_fail(MID_E_IO, __FILE__, __LINE__, "cannot start the signal thread");
-        goto fail;
-    }
-    th_started = true;
+    r = sigstop_start(loop, &stop);
+    if (!mid_is_ok(r)) goto fail;
     fprintf(stderr, "meshid agent: node API %s, socket %s\n", ao.server_addr, ao.socket_path);
     r = rpc_loop_run(loop);
     if (!mid_is_ok(r)) goto fail;
     if (rs.fatal) rc = CLI_EXIT_ERROR;
-    else fprintf(stderr, "meshid agent: stopping (signal %d)\n", rs.sig);
     goto out;
 fail:
     rc = cli_fail(r);
-out:
-    if (th_started) {
-        /* wake the signal thread if it is still waiting */
-        if (rs.sig == 0) pthread_kill(th, SIGTERM);
-        pthread_join(th, NULL);
-    }
+out:;
+    int sig = sigstop_end(stop);
+    if (sig) fprintf(stderr, "meshid agent: stopping (signal %d)\n", sig);
     agent_stop(a);
     rpc_loop_free(loop);
     agent_free(a);

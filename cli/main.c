@@ -27,6 +27,7 @@ static const char *usage_text =
     "              [--limit N] [--json]\n"
     "  audit verify [--head FILE] [--bundle FILE]\n"
     "  audit head [--out FILE]\n"
+    "  dev [--trust-domain TD] [--listen HOST:PORT]  server + agent in one process (make run)\n"
     "  server [--listen HOST:PORT] [--svid-ttl D]   run the server (node API, admin API)\n"
     "  token generate [--ttl D] [--spiffe-id ID]     a one-time join token for an agent\n"
     "  entry create --spiffe-id ID --parent-id ID --selector T:V [--selector ...] [--ttl D] [--dns N]...\n"
@@ -70,7 +71,7 @@ int cli_usage(const char *usage, const char *fmt, ...)
 
 MID_RESULT cli_open_store(cli_ctx *ctx, store **out)
 {
-    MID_GUARD(fs_mkdir_p(ctx->data_dir, 0700));
+    MID_GUARD(fs_mkdir_p(ctx->data_dir, 0711));
     return store_open(ctx->db_path, NULL, out);
 }
 
@@ -142,6 +143,7 @@ int main(int argc, char **argv)
         return CLI_EXIT_OK;
     }
     if (strcmp(argv[1], "server") == 0) return cmd_server(&ctx, argc - 1, argv + 1); /* no verb */
+    if (strcmp(argv[1], "dev") == 0) return cmd_dev(&ctx, argc - 1, argv + 1);       /* no verb */
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
         if (strcmp(argv[1], commands[i].noun) == 0) {
             if (argc < 3) return cli_usage(NULL, "'%s' needs a verb; see 'meshid help'", argv[1]);

@@ -11,6 +11,7 @@
 #include "identity/spiffe_id.h"
 #include "lib/fsutil.h"
 #include "lib/log.h"
+#include "lib/sigstop.h"
 #include "lib/timeutil.h"
 #include "lib/workpool.h"
 #include "sds/admin_service.h"
@@ -199,7 +200,7 @@ mid_result server_start(const server_opts *o, rpc_loop *loop, server **out)
     } else {
         char run[PATH_CAP];
         MID_TRY(r, fs_join(run, sizeof run, o->data_dir, "run"));
-        MID_TRY(r, fs_mkdir_p(run, 0700));
+        MID_TRY(r, fs_mkdir_p(run, 0755));
         MID_TRY(r, fs_join(s->admin_path, sizeof s->admin_path, run, "admin.sock"));
     }
 
@@ -277,57 +278,27 @@ void server_free(server *s)
 
 /* ---- the process ----------------------------------------------------------------- */
 
-typedef struct {
-    rpc_loop *loop;
-    sigset_t set;
-    int sig;
-} sig_waiter;
-
-/* Signals are blocked in every thread; this one takes them synchronously
- * and asks the loop to stop (rpc_loop_stop is safe from any thread). */
-static void *sig_thread(void *arg)
-{
-    sig_waiter *w = arg;
-    int sig = 0;
-    if (sigwait(&w->set, &sig) == 0) w->sig = sig;
-    rpc_loop_stop(w->loop);
-    return NULL;
-}
-
 mid_result server_run(const server_opts *o)
 {
-    sig_waiter w = {0};
-    sigemptyset(&w.set);
-    sigaddset(&w.set, SIGINT);
-    sigaddset(&w.set, SIGTERM);
-    sigset_t old;
     /* before any thread exists, so gRPC's and the pool's threads inherit it */
-    MID_ENSURE(pthread_sigmask(SIG_BLOCK, &w.set, &old) == 0, MID_E_IO, "cannot block signals");
+    MID_GUARD(sigstop_block());
     rpc_loop *loop = NULL;
     server *s = NULL;
-    pthread_t th;
-    bool th_started = false;
+    sigstop *stop = NULL;
     mid_result r = MID_OK_RESULT;
     MID_TRY(r, rpc_loop_new(&loop));
-    w.loop = loop;
     MID_TRY(r, server_start(o, loop, &s));
-    MID_CHECK(r, pthread_create(&th, NULL, sig_thread, &w) == 0, MID_E_IO,
-              "cannot start the signal thread");
-    th_started = true;
+    MID_TRY(r, sigstop_start(loop, &stop));
     printf("meshid server: trust domain %s, node API on %s (port %d), admin API on %s\n",
            server_trust_domain(s), o->listen ? o->listen : SERVER_LISTEN_DEFAULT,
            server_port(s), server_admin_path(s));
     fflush(stdout);
     r = rpc_loop_run(loop);
-out:
-    if (th_started) {
-        pthread_kill(th, SIGTERM); /* wakes sigwait if no signal came */
-        pthread_join(th, NULL);
-        if (w.sig) LOG_INFO("server: signal %d, shutting down", w.sig);
-    }
+out:;
+    int sig = sigstop_end(stop);
+    if (sig) LOG_INFO("server: signal %d, shutting down", sig);
     server_stop(s);
     rpc_loop_free(loop);
     server_free(s);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
     return r;
 }
