@@ -1,6 +1,7 @@
 /* Registration entries and selectors: parsing, validation, matching.
  * The rules are listed in identity/entry.h and docs/identity.md. */
 #include "identity/entry.h"
+#include "lib/quote.h"
 
 #include <stdarg.h>
 #include <stdbool.h>
@@ -9,39 +10,10 @@
 
 #include "identity/spiffe_id.h"
 
-#define QUOTE_MAX 80 /* bytes of input quoted in a message */
 #define NAME_MAX_LEN 255
 #define PATH_MAX_LEN 4095
 
 /* ---- messages -------------------------------------------------------------- */
-
-/* Like spiffe_id.c: at most QUOTE_MAX bytes, non-printable bytes, the quote and
- * backslash as \xHH, "..." when cut, so a hostile value cannot forge logs. */
-static void quote(const char *s, char *out, size_t cap)
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t o = 0, i = 0;
-    size_t len = s ? strnlen(s, QUOTE_MAX + 1) : 0;
-    for (; i < len; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        bool plain = ch >= 0x20 && ch < 0x7f && ch != '\'' && ch != '\\';
-        size_t need = plain ? 1 : 4;
-        if (o + need > QUOTE_MAX || o + need >= cap) break;
-        if (plain) {
-            out[o++] = (char)ch;
-        } else {
-            out[o++] = '\\';
-            out[o++] = 'x';
-            out[o++] = hex[ch >> 4];
-            out[o++] = hex[ch & 0xf];
-        }
-    }
-    if (i < len && o + 3 < cap) {
-        memcpy(out + o, "...", 3);
-        o += 3;
-    }
-    out[o] = '\0';
-}
 
 /* "invalid selector '<type>:<value>': <rule>" */
 __attribute__((format(printf, 3, 4))) static mid_result reject_sel(const entry_selector *sel,
@@ -53,8 +25,8 @@ __attribute__((format(printf, 3, 4))) static mid_result reject_sel(const entry_s
     va_start(ap, fmt);
     vsnprintf(rule, sizeof rule, fmt, ap);
     va_end(ap);
-    quote(sel->type, t, sizeof t);
-    quote(sel->value, v, sizeof v);
+    quote_str(sel->type, t, sizeof t);
+    quote_str(sel->value, v, sizeof v);
     return mid_fail(err, __FILE__, __LINE__, "invalid selector '%s:%s': %s", t, v, rule);
 }
 
@@ -281,7 +253,7 @@ MID_RESULT entry_validate(const entry *e)
               "entry dns_names are missing");
     for (size_t i = 0; i < e->n_dns_names; i++) {
         char q[QUOTE_MAX + 8];
-        quote(e->dns_names[i], q, sizeof q);
+        quote_str(e->dns_names[i], q, sizeof q);
         MID_CHECK(r, e->dns_names[i] != NULL && is_dns_name(e->dns_names[i]), MID_E_INVALID,
                   "invalid DNS name '%s': labels of 1 to 63 letters, digits or '-' (not at "
                   "either end), at most %d bytes, '*.' allowed in front",

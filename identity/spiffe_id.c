@@ -8,6 +8,7 @@
  * ID cannot flood or forge log lines.
  */
 #include "identity/spiffe_id.h"
+#include "lib/quote.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -16,7 +17,6 @@
 
 #define SCHEME "spiffe://"
 #define SCHEME_LEN (sizeof SCHEME - 1)
-#define QUOTE_MAX 80 /* bytes of quoted input in an error message */
 
 struct spiffe_id {
     const char *td;   /* NUL-terminated trust domain, inside buf after str */
@@ -46,35 +46,6 @@ typedef struct {
     size_t len;
 } subject;
 
-/* Writes at most QUOTE_MAX bytes of `s` into `out`, escaping anything that is
- * not printable ASCII (and the quote and backslash) as \xHH, and appending
- * "..." when the input was cut. */
-static void quote_input(const char *s, size_t len, char *out, size_t cap)
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t o = 0;
-    size_t i = 0;
-    for (; i < len; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        bool plain = ch >= 0x20 && ch < 0x7f && ch != '\'' && ch != '\\';
-        size_t need = plain ? 1 : 4;
-        if (o + need > QUOTE_MAX || o + need >= cap) break;
-        if (plain) {
-            out[o++] = (char)ch;
-        } else {
-            out[o++] = '\\';
-            out[o++] = 'x';
-            out[o++] = hex[ch >> 4];
-            out[o++] = hex[ch & 0xf];
-        }
-    }
-    if (i < len && o + 3 < cap) {
-        memcpy(out + o, "...", 3);
-        o += 3;
-    }
-    out[o] = '\0';
-}
-
 __attribute__((format(printf, 4, 5))) static mid_result reject_at(int line, mid_err err,
                                                                  const subject *subj,
                                                                  const char *fmt, ...)
@@ -85,7 +56,7 @@ __attribute__((format(printf, 4, 5))) static mid_result reject_at(int line, mid_
     va_start(ap, fmt);
     vsnprintf(rule, sizeof rule, fmt, ap);
     va_end(ap);
-    quote_input(subj->s, subj->len, quoted, sizeof quoted);
+    quote_bytes(subj->s, subj->len, quoted, sizeof quoted);
     return mid_fail(err, __FILE__, line, "invalid %s '%s': %s", subj->kind, quoted, rule);
 }
 
