@@ -242,10 +242,11 @@ static mid_result start_services(agent *a)
         *slash = '\0';
         MID_GUARD(fs_mkdir_p(dir, 0755));
     }
-    sds_source src = agent_cache_source(a->cache);
     MID_GUARD(rpc_server_new(a->loop, NULL, &a->srv));
-    MID_GUARD(sds_service_new(a->srv, src, NULL, &a->sds));
-    MID_GUARD(workload_api_new(a->srv, src, &a->wl));
+    MID_GUARD(sds_service_new(a->srv, agent_cache_source_for(a->cache, AGENT_API_SDS), NULL,
+                              &a->sds));
+    MID_GUARD(workload_api_new(a->srv, agent_cache_source_for(a->cache, AGENT_API_WORKLOAD),
+                               &a->wl));
     MID_GUARD(rpc_server_add_unix(a->srv, a->socket_path, AGENT_SOCKET_MODE));
     MID_GUARD(rpc_server_start(a->srv));
     LOG_INFO("agent: serving SDS and the Workload API on %s", a->socket_path);
@@ -280,7 +281,36 @@ static mid_result agent_batch_sign(void *ctx, const Meshid__Agent__V1__BatchSign
     return r;
 }
 
-static const agent_signer_ops signer_ops = {.batch_sign = agent_batch_sign};
+typedef struct {
+    agent_report_cb cb;
+    void *arg;
+} report_call;
+
+static void report_done(const rpc_status *st, const ProtobufCMessage *resp, void *arg)
+{
+    report_call *rc = arg;
+    rc->cb(st, (const Meshid__Agent__V1__ReportDenialsResponse *)resp, rc->arg);
+    free(rc);
+}
+
+/* Reports need the agent's own SVID: MID_E_STATE until it has one (the
+ * cache keeps the denials and retries). */
+static mid_result agent_report_denials(void *ctx, const Meshid__Agent__V1__ReportDenialsRequest *req,
+                                       agent_report_cb cb, void *arg)
+{
+    agent *a = ctx;
+    MID_ENSURE(a->state == ST_RUNNING && a->nc, MID_E_STATE, "agent not running");
+    report_call *rc = malloc(sizeof *rc);
+    MID_ENSURE_MEM(rc);
+    rc->cb = cb;
+    rc->arg = arg;
+    mid_result r = node_client_report_denials(a->nc, req, report_done, rc);
+    if (!mid_is_ok(r)) free(rc);
+    return r;
+}
+
+static const agent_signer_ops signer_ops = {.batch_sign = agent_batch_sign,
+                                            .report_denials = agent_report_denials};
 
 /* ---- Sync ----------------------------------------------------------------------- */
 
@@ -766,7 +796,8 @@ mid_result agent_start(const agent_opts *o, rpc_loop *loop, agent **out)
                                .on_change = notify_services,
                                .on_change_arg = a,
                                .rotate_fraction = o->rotate_fraction,
-                               .rotate_jitter = o->rotate_jitter};
+                               .rotate_jitter = o->rotate_jitter,
+                               .report_interval_ms = o->report_interval_ms};
         MID_TRY(r, agent_cache_new(&co, &a->cache));
     }
     MID_TRY(r, start_services(a));

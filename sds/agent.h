@@ -2,7 +2,8 @@
  * attests itself to the server with a join token once, keeps its own
  * X.509-SVID (persisted under <data_dir>/agent/, renewed at half life),
  * follows the server's Sync stream (trust bundle + entries) into the agent
- * cache, and serves SDS and the Workload API on one Unix socket.
+ * cache, and serves SDS and the Workload API on one Unix socket, reporting
+ * the workloads it refuses there to the server's audit log.
  *
  * Everything runs on the rpc loop the agent is started on; agent_start,
  * agent_stop and the accessors must be called on that loop's thread (or
@@ -52,6 +53,7 @@ typedef struct {
     int64_t backoff_max_ms;
     double rotate_fraction;       /* workload SVIDs, see agent_cache_opts */
     double rotate_jitter;
+    int64_t report_interval_ms;   /* denial reports, see agent_cache_opts */
 } agent_opts;
 
 /* Starts the agent on `loop`: loads or creates the data directory, reuses a

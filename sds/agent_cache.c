@@ -8,6 +8,12 @@
  * Every batch in flight holds its own keys; the entry's `gen` tells whether
  * a result still answers the entry as it is now (a TTL or DNS change while
  * signing makes the result stale, and it is dropped).
+ *
+ * Refusals go to a FIFO of denial records. A "report" timer sends its head
+ * (at most AGENT_DENIALS_BATCH_MAX) with one ReportDenials call at a time;
+ * the server answers how many leading records it audited, those are removed
+ * and the rest stay at the head for the next attempt. Records in flight are
+ * never coalesced into, so a count the server saw is never changed.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +37,11 @@
 #define RETRY_MAX_MS 30000
 #define MEMO_MAX 256
 #define SEL_LOG_MAX 1024
+/* Denial report limits, within the server's (sds/node_service.h). */
+#define DENY_SELECTORS_MAX 32
+#define DENY_SEL_TYPE_MAX 64
+#define DENY_SEL_VALUE_MAX 1024
+#define DENY_REASON_MAX 900 /* leaves room for the "dropped" note (server: 1024) */
 
 typedef struct {
     char *id, *spiffe_id;
@@ -74,6 +85,31 @@ typedef struct {
     sds_view *v;
 } memo_slot;
 
+/* One refusal waiting to be reported (strings owned). */
+typedef struct {
+    int64_t time_ms;
+    uint32_t uid, gid;
+    int32_t pid;
+    agent_api api;
+    uint32_t count;
+    char *reason;
+    entry_selector *sels;
+    size_t n_sels;
+} denial_rec;
+
+/* A ReportDenials call in flight; `cache` is NULL once the cache stopped. */
+typedef struct {
+    agent_cache *cache;
+    size_t n;            /* records sent: the queue's first n */
+    uint64_t dropped;    /* drop count named in the first record's reason */
+} report_call;
+
+/* What an sds_source's ctx points at: the cache and the API it serves. */
+typedef struct {
+    agent_cache *c;
+    agent_api api;
+} src_tag;
+
 struct agent_cache {
     rpc_loop *loop;
     char *td;
@@ -102,10 +138,22 @@ struct agent_cache {
     memo_slot memo[MEMO_MAX];
     size_t n_memo;
 
+    /* refusals to report: dq[0..inflight) are in the call in flight */
+    denial_rec **dq;
+    size_t n_dq;
+    size_t inflight;
+    report_call *report;
+    rpc_timer *report_timer;
+    int64_t report_ms;
+    int report_fails;
+    uint64_t dropped_unreported; /* drops not named in a report yet */
+    src_tag tags[3];
+
     agent_cache_stats st;
 };
 
 struct sds_workload {
+    agent_api api;
     uid_t uid;
     gid_t gid;
     pid_t pid;
@@ -725,6 +773,245 @@ mid_result agent_cache_set_entries(agent_cache *c, Meshid__Agent__V1__Entry *con
     return mid_ok();
 }
 
+/* ---- denial reports ------------------------------------------------------------- */
+
+static void denial_free(denial_rec *d)
+{
+    if (!d) return;
+    free(d->reason);
+    sels_free(d->sels, d->n_sels);
+    free(d);
+}
+
+static const char *api_name(agent_api api)
+{
+    switch (api) {
+    case AGENT_API_SDS: return "sds";
+    case AGENT_API_WORKLOAD: return "workload";
+    default: return "";
+    }
+}
+
+/* A copy of `in` cut to `max` bytes. */
+static char *dup_cut(const char *in, size_t max)
+{
+    size_t n = strlen(in);
+    return strndup(in, n > max ? max : n);
+}
+
+static void report_fn(rpc_loop *loop, void *arg);
+
+static void arm_report(agent_cache *c, int64_t delay_ms)
+{
+    if (c->report_timer || c->report || c->stopped || c->n_dq == 0 ||
+        !c->signer->report_denials)
+        return;
+    if (!mid_is_ok(rpc_timer_add(c->loop, delay_ms, report_fn, c, &c->report_timer))) {
+        LOG_WARN("agent cache: cannot arm the denial report timer: %s", mid_errmsg());
+        c->report_timer = NULL;
+    }
+}
+
+/* Delay before the next attempt after `fails` failed ones: the report
+ * interval doubling to RETRY_MAX_MS, +-20 %. */
+static int64_t report_backoff(const agent_cache *c, int fails)
+{
+    int64_t d = c->report_ms;
+    for (int i = 1; i < fails && d < RETRY_MAX_MS; i++) d *= 2;
+    if (d > RETRY_MAX_MS) d = RETRY_MAX_MS;
+    return d + (int64_t)((rand_unit() - 0.5) * 0.4 * (double)d);
+}
+
+/* Queues a refusal for the server's audit log: coalesced into a queued
+ * record of the same workload and cause from the last second, else
+ * appended, else (queue full) counted as dropped. */
+static void deny_note(agent_cache *c, agent_api api, uid_t uid, gid_t gid, pid_t pid,
+                      const entry_selector *sels, size_t n_sels, const char *reason)
+{
+    int64_t now = time_now_ms();
+    for (size_t i = c->n_dq; i > c->inflight; i--) {
+        denial_rec *d = c->dq[i - 1];
+        if (now - d->time_ms >= AGENT_DENIAL_COALESCE_MS) break;
+        if (d->uid == (uint32_t)uid && d->gid == (uint32_t)gid && d->pid == (int32_t)pid &&
+            d->api == api && strncmp(d->reason, reason, DENY_REASON_MAX) == 0 &&
+            d->count < UINT32_MAX) {
+            d->count++;
+            return;
+        }
+    }
+    if (c->n_dq == AGENT_DENIALS_QUEUE_MAX) {
+        c->st.denials_dropped++;
+        c->dropped_unreported++;
+        if (c->dropped_unreported == 1)
+            LOG_WARN("agent cache: denial report queue full (%d); dropping reports",
+                     AGENT_DENIALS_QUEUE_MAX);
+        return;
+    }
+    denial_rec *d = calloc(1, sizeof *d);
+    size_t n = n_sels > DENY_SELECTORS_MAX ? DENY_SELECTORS_MAX : n_sels;
+    bool ok = d != NULL;
+    if (ok) {
+        d->reason = dup_cut(reason, DENY_REASON_MAX);
+        d->sels = calloc(n ? n : 1, sizeof *d->sels);
+        ok = d->reason && d->sels;
+    }
+    for (size_t i = 0; ok && i < n; i++) {
+        d->sels[i].type = dup_cut(sels[i].type, DENY_SEL_TYPE_MAX);
+        d->sels[i].value = dup_cut(sels[i].value, DENY_SEL_VALUE_MAX);
+        d->n_sels++;
+        ok = d->sels[i].type && d->sels[i].value;
+    }
+    if (!ok) {
+        denial_free(d);
+        c->st.denials_dropped++;
+        c->dropped_unreported++;
+        LOG_ERROR("agent cache: out of memory queueing a denial report");
+        return;
+    }
+    d->time_ms = now;
+    d->uid = (uint32_t)uid;
+    d->gid = (uint32_t)gid;
+    d->pid = (int32_t)pid;
+    d->api = api;
+    d->count = 1;
+    c->dq[c->n_dq++] = d;
+    arm_report(c, c->report_ms);
+}
+
+/* Removes the queue's first n records. */
+static void dq_pop(agent_cache *c, size_t n)
+{
+    for (size_t i = 0; i < n; i++) denial_free(c->dq[i]);
+    memmove(c->dq, c->dq + n, (c->n_dq - n) * sizeof *c->dq);
+    c->n_dq -= n;
+}
+
+static void report_done(const rpc_status *st, const Meshid__Agent__V1__ReportDenialsResponse *resp,
+                        void *arg)
+{
+    report_call *rc = arg;
+    agent_cache *c = rc->cache;
+    if (!c) { /* the cache stopped; its records stay queued */
+        free(rc);
+        return;
+    }
+    c->report = NULL;
+    c->inflight = 0;
+    size_t done = 0;
+    if (st->code == RPC_OK) {
+        done = resp->accepted < 0 ? 0 : (size_t)resp->accepted;
+        if (done > rc->n) done = rc->n;
+        c->st.denials_reported += done;
+        if (done < rc->n)
+            LOG_WARN("agent cache: server audited %zu of %zu denial reports; re-sending the rest",
+                     done, rc->n);
+    } else if (st->code == RPC_INVALID_ARGUMENT) {
+        /* never accepted as it is: keep the queue moving */
+        LOG_ERROR("agent cache: server refused %zu denial reports (%s); dropping them", rc->n,
+                  st->message ? st->message : "");
+        c->st.denials_dropped += rc->n;
+        done = rc->n;
+    } else {
+        LOG_WARN("agent cache: ReportDenials failed (%d: %s); %zu denial reports kept",
+                 (int)st->code, st->message ? st->message : "", c->n_dq);
+    }
+    if (done == 0) c->dropped_unreported += rc->dropped; /* not named yet */
+    dq_pop(c, done);
+    if (done < rc->n) {
+        c->st.report_errors++;
+        c->report_fails++;
+        arm_report(c, report_backoff(c, c->report_fails));
+    } else {
+        c->report_fails = 0;
+        arm_report(c, c->report_ms);
+    }
+    free(rc);
+}
+
+/* Sends the queue's head. Returns false when the call could not start. */
+static bool send_report(agent_cache *c)
+{
+    size_t n = c->n_dq < AGENT_DENIALS_BATCH_MAX ? c->n_dq : AGENT_DENIALS_BATCH_MAX;
+    size_t n_sels = 0;
+    for (size_t i = 0; i < n; i++) n_sels += c->dq[i]->n_sels;
+    Meshid__Agent__V1__Denial *ds = calloc(n, sizeof *ds);
+    Meshid__Agent__V1__Denial **dp = calloc(n, sizeof *dp);
+    Meshid__Agent__V1__Selector *ss = calloc(n_sels ? n_sels : 1, sizeof *ss);
+    Meshid__Agent__V1__Selector **sp = calloc(n_sels ? n_sels : 1, sizeof *sp);
+    report_call *rc = calloc(1, sizeof *rc);
+    char *first_reason = NULL;
+    bool sent = false;
+    if (!ds || !dp || !ss || !sp || !rc) {
+        LOG_ERROR("agent cache: out of memory building a denial report");
+        goto out;
+    }
+    if (c->dropped_unreported > 0) {
+        size_t cap = strlen(c->dq[0]->reason) + 96;
+        first_reason = malloc(cap);
+        if (!first_reason) goto out;
+        snprintf(first_reason, cap, "%s; %llu more denials dropped (agent report queue full)",
+                 c->dq[0]->reason, (unsigned long long)c->dropped_unreported);
+    }
+    for (size_t i = 0, k = 0; i < n; i++) {
+        const denial_rec *d = c->dq[i];
+        meshid__agent__v1__denial__init(&ds[i]);
+        ds[i].time_ms = d->time_ms;
+        ds[i].uid = d->uid;
+        ds[i].gid = d->gid;
+        ds[i].pid = d->pid;
+        ds[i].reason = i == 0 && first_reason ? first_reason : d->reason;
+        ds[i].api = (char *)api_name(d->api);
+        ds[i].count = d->count;
+        ds[i].selectors = &sp[k];
+        ds[i].n_selectors = d->n_sels;
+        for (size_t j = 0; j < d->n_sels; j++, k++) {
+            meshid__agent__v1__selector__init(&ss[k]);
+            ss[k].type = (char *)d->sels[j].type;
+            ss[k].value = (char *)d->sels[j].value;
+            sp[k] = &ss[k];
+        }
+        dp[i] = &ds[i];
+    }
+    Meshid__Agent__V1__ReportDenialsRequest req = MESHID__AGENT__V1__REPORT_DENIALS_REQUEST__INIT;
+    req.denials = dp;
+    req.n_denials = n;
+    rc->cache = c;
+    rc->n = n;
+    rc->dropped = c->dropped_unreported;
+    mid_result r = c->signer->report_denials(c->signer_ctx, &req, report_done, rc);
+    if (!mid_is_ok(r)) {
+        LOG_DEBUG("agent cache: cannot send ReportDenials: %s", mid_errmsg());
+        goto out;
+    }
+    c->report = rc;
+    c->inflight = n;
+    c->dropped_unreported = 0;
+    c->st.report_calls++;
+    rc = NULL;
+    sent = true;
+out:
+    free(first_reason);
+    free(ds);
+    free(dp);
+    free(ss);
+    free(sp);
+    free(rc);
+    return sent;
+}
+
+static void report_fn(rpc_loop *loop, void *arg)
+{
+    (void)loop;
+    agent_cache *c = arg;
+    c->report_timer = NULL;
+    if (c->stopped || c->report || c->n_dq == 0) return;
+    if (!send_report(c)) {
+        c->st.report_errors++;
+        c->report_fails++;
+        arm_report(c, report_backoff(c, c->report_fails));
+    }
+}
+
 /* ---- lifecycle ------------------------------------------------------------------ */
 
 mid_result agent_cache_new(const agent_cache_opts *o, agent_cache **out)
@@ -742,7 +1029,10 @@ mid_result agent_cache_new(const agent_cache_opts *o, agent_cache **out)
     c->on_change_arg = o->on_change_arg;
     c->rot_frac = o->rotate_fraction > 0 ? o->rotate_fraction : 0.5;
     c->rot_jitter = o->rotate_jitter < 0 ? 0 : (o->rotate_jitter > 0 ? o->rotate_jitter : 0.1);
-    if (!c->td) {
+    c->report_ms = o->report_interval_ms > 0 ? o->report_interval_ms : AGENT_DENIALS_REPORT_MS;
+    for (int i = 0; i < 3; i++) c->tags[i] = (src_tag){c, (agent_api)i};
+    c->dq = calloc(AGENT_DENIALS_QUEUE_MAX, sizeof *c->dq);
+    if (!c->td || !c->dq) {
         agent_cache_free(c);
         MID_BAIL(MID_E_NOMEM, "out of memory");
     }
@@ -770,6 +1060,11 @@ void agent_cache_stop(agent_cache *c)
     for (batch *b = c->batches; b; b = b->next) b->cache = NULL;
     c->batches = NULL;
     for (size_t i = 0; i < c->n_ents; i++) c->ents[i]->inflight = false;
+    if (c->report_timer) rpc_timer_cancel(c->loop, c->report_timer);
+    c->report_timer = NULL;
+    if (c->report) c->report->cache = NULL;
+    c->report = NULL;
+    c->inflight = 0;
 }
 
 void agent_cache_free(agent_cache *c)
@@ -780,6 +1075,8 @@ void agent_cache_free(agent_cache *c)
     free(c->ents);
     free(c->match_tbl);
     memo_clear(c);
+    for (size_t i = 0; i < c->n_dq; i++) denial_free(c->dq[i]);
+    free(c->dq);
     free(c->bundle_pem);
     sk_X509_pop_free(c->anchors, X509_free);
     if (c->own_attestor) attest_unix_ctx_free(c->attestor);
@@ -805,6 +1102,7 @@ void agent_cache_reissue_all(agent_cache *c)
 void agent_cache_get_stats(const agent_cache *c, agent_cache_stats *out)
 {
     *out = c->st;
+    out->denials_queued = c->n_dq;
     out->entries = c->n_ents;
     out->issued = 0;
     for (size_t i = 0; i < c->n_ents; i++)
@@ -939,9 +1237,11 @@ static void workload_free(void *ctx, sds_workload *w)
 
 static mid_result src_attest(void *ctx, const rpc_peer *peer, sds_workload **out)
 {
-    agent_cache *c = ctx;
+    const src_tag *tag = ctx;
+    agent_cache *c = tag->c;
     *out = NULL;
     if (!peer || peer->kind != RPC_PEER_UNIX) {
+        /* not reported: without peer credentials there is no one to name */
         c->st.denials++;
         LOG_WARN("agent: denied a caller that is not on the Unix socket");
         MID_BAIL(MID_E_DENIED, "workload attestation needs a Unix socket peer");
@@ -949,15 +1249,18 @@ static mid_result src_attest(void *ctx, const rpc_peer *peer, sds_workload **out
     attest_peer ap = {.uid = peer->uid, .gid = peer->gid, .pid = peer->pid};
     sds_workload *w = calloc(1, sizeof *w);
     MID_ENSURE_MEM(w);
+    w->api = tag->api;
     w->uid = peer->uid;
     w->gid = peer->gid;
     w->pid = peer->pid;
     mid_result r = attest_unix(c->attestor, &ap, &w->raw);
     if (!mid_is_ok(r)) {
+        char why[512];
+        snprintf(why, sizeof why, "workload attestation failed: %s", mid_errmsg());
         c->st.denials++;
-        LOG_WARN("agent: denied workload uid=%lu gid=%lu pid=%ld: attestation failed: %s",
-                 (unsigned long)peer->uid, (unsigned long)peer->gid, (long)peer->pid,
-                 mid_errmsg());
+        LOG_WARN("agent: denied workload uid=%lu gid=%lu pid=%ld: %s", (unsigned long)peer->uid,
+                 (unsigned long)peer->gid, (long)peer->pid, why);
+        deny_note(c, tag->api, peer->uid, peer->gid, peer->pid, NULL, 0, why);
         workload_free(c, w);
         MID_BAIL(MID_E_DENIED, "workload attestation failed (uid %lu)", (unsigned long)peer->uid);
     }
@@ -980,7 +1283,7 @@ static mid_result src_attest(void *ctx, const rpc_peer *peer, sds_workload **out
 
 static mid_result src_view(void *ctx, const sds_workload *w, sds_view **out)
 {
-    agent_cache *c = ctx;
+    agent_cache *c = ((const src_tag *)ctx)->c;
     mid_result r = view_sels(c, w->sels, w->n, out);
     if (r.err == MID_E_DENIED) {
         char sels[SEL_LOG_MAX];
@@ -989,6 +1292,8 @@ static mid_result src_view(void *ctx, const sds_workload *w, sds_view **out)
         LOG_WARN("agent: denied workload uid=%lu gid=%lu pid=%ld: no registration entry matches "
                  "selectors [%s]",
                  (unsigned long)w->uid, (unsigned long)w->gid, (long)w->pid, sels);
+        deny_note(c, w->api, w->uid, w->gid, w->pid, w->sels, w->n,
+                  "no registration entry matches the workload");
         MID_BAIL(MID_E_DENIED, "no identity issued for this workload (uid %lu)",
                  (unsigned long)w->uid);
     }
@@ -1003,5 +1308,11 @@ static const sds_source_ops source_ops = {
 
 sds_source agent_cache_source(agent_cache *c)
 {
-    return (sds_source){.ops = &source_ops, .ctx = c};
+    return agent_cache_source_for(c, AGENT_API_UNKNOWN);
+}
+
+sds_source agent_cache_source_for(agent_cache *c, agent_api api)
+{
+    if (api != AGENT_API_SDS && api != AGENT_API_WORKLOAD) api = AGENT_API_UNKNOWN;
+    return (sds_source){.ops = &source_ops, .ctx = &c->tags[api]};
 }

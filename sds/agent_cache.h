@@ -4,9 +4,10 @@
  * implements sds_source_ops for the SDS and Workload API services.
  *
  * All functions run on the rpc loop thread. The cache never talks to the
- * network itself: it asks an agent_signer to sign batches of CSRs (the node
- * client in production, fakes in tests) and calls on_change after every
- * change of what workloads may receive. See docs/agent.md.
+ * network itself: it asks an agent_signer to sign batches of CSRs and to
+ * report the workloads it refused (the node client in production, fakes in
+ * tests) and calls on_change after every change of what workloads may
+ * receive. See docs/agent.md.
  */
 #ifndef MESHID_SDS_AGENT_CACHE_H
 #define MESHID_SDS_AGENT_CACHE_H
@@ -27,19 +28,34 @@ typedef struct agent_cache agent_cache;
 #define AGENT_BATCH_DELAY_MS 50      /* coalescing window for (re)issues */
 #define AGENT_ENTRIES_MAX 65536      /* entries accepted from one Sync message */
 #define AGENT_BUNDLE_CERTS_MAX 256   /* certificates in one trust bundle */
+#define AGENT_DENIALS_QUEUE_MAX 1000 /* refusals held for reporting; more are dropped */
+#define AGENT_DENIALS_BATCH_MAX 100  /* denials per ReportDenials call */
+#define AGENT_DENIALS_REPORT_MS 1000 /* report interval while the queue is non-empty */
+#define AGENT_DENIAL_COALESCE_MS 1000 /* same uid/pid refused again within: one report */
 
 /* Result of a batch: `resp` is non-NULL iff st->code == RPC_OK; both live
  * during the callback only. */
 typedef void (*agent_sign_cb)(const rpc_status *st,
                               const Meshid__Agent__V1__BatchSignResponse *resp, void *arg);
 
-/* Who signs the cache's CSRs. batch_sign must call cb exactly once (also on
- * failure after returning OK, and at shutdown); an error return means cb
- * will not be called. */
+/* Result of a denial report: `resp` is non-NULL iff st->code == RPC_OK;
+ * both live during the callback only. */
+typedef void (*agent_report_cb)(const rpc_status *st,
+                                const Meshid__Agent__V1__ReportDenialsResponse *resp, void *arg);
+
+/* Who signs the cache's CSRs and hears about its refusals. Each call must
+ * call cb exactly once (also on failure after returning OK, and at
+ * shutdown); an error return means cb will not be called. report_denials
+ * is optional: without it refusals are only logged and counted. */
 typedef struct {
     mid_result (*batch_sign)(void *ctx, const Meshid__Agent__V1__BatchSignRequest *req,
                              agent_sign_cb cb, void *arg);
+    mid_result (*report_denials)(void *ctx, const Meshid__Agent__V1__ReportDenialsRequest *req,
+                                 agent_report_cb cb, void *arg);
 } agent_signer_ops;
+
+/* Which local API a source serves; recorded with each refusal. */
+typedef enum { AGENT_API_UNKNOWN, AGENT_API_SDS, AGENT_API_WORKLOAD } agent_api;
 
 typedef struct {
     rpc_loop *loop;                 /* timers; required */
@@ -56,6 +72,9 @@ typedef struct {
      * jitter as a fraction (<0: none, 0: 0.1). */
     double rotate_fraction;
     double rotate_jitter;
+    /* Test hook: denial report interval, also the first retry delay
+     * (doubling to 30 s while reports fail); 0: AGENT_DENIALS_REPORT_MS. */
+    int64_t report_interval_ms;
 } agent_cache_opts;
 
 /* Creates an empty cache. The opts strings are copied. MID_E_INVALID for a
@@ -106,6 +125,11 @@ typedef struct {
     uint64_t signed_ok;    /* SVIDs received */
     uint64_t sign_errors;  /* failed items or calls */
     uint64_t denials;      /* workloads refused (attest or no entry) */
+    size_t denials_queued;     /* denial reports waiting or in flight */
+    uint64_t denials_reported; /* denial reports the server accepted */
+    uint64_t denials_dropped;  /* lost: queue full, or refused as invalid */
+    uint64_t report_calls;     /* ReportDenials calls made */
+    uint64_t report_errors;    /* ReportDenials calls that failed */
     uint64_t generation;   /* bumped on every change of what is served */
 } agent_cache_stats;
 void agent_cache_get_stats(const agent_cache *c, agent_cache_stats *out);
@@ -116,8 +140,14 @@ void agent_cache_get_stats(const agent_cache *c, agent_cache_stats *out);
 MID_RESULT agent_cache_svid_info(const agent_cache *c, const char *entry_id,
                                  const char **chain_pem, const char **serial, int64_t *not_after);
 
-/* The SDS / Workload API source backed by this cache. */
+/* The SDS / Workload API source backed by this cache. Refusals through it
+ * are logged, counted and queued for ReportDenials (coalesced per uid and
+ * pid within AGENT_DENIAL_COALESCE_MS, at most AGENT_DENIALS_QUEUE_MAX held,
+ * sent every AGENT_DENIALS_REPORT_MS while any are held, retried with
+ * backoff; drops are counted and named in the next report's reason).
+ * agent_cache_source_for tags the refusals with the API that saw them. */
 sds_source agent_cache_source(agent_cache *c);
+sds_source agent_cache_source_for(agent_cache *c, agent_api api);
 
 /* Views for a selector set ("type:value" strings, e.g. "unix:uid:1000"),
  * bypassing attestation: what the source's view() returns for a workload

@@ -135,6 +135,14 @@ mid_result node_client_batch_sign(node_client *nc, const Meshid__Agent__V1__Batc
                  &meshid__agent__v1__batch_sign_response__descriptor, cb, arg);
 }
 
+mid_result node_client_report_denials(node_client *nc,
+                                      const Meshid__Agent__V1__ReportDenialsRequest *req,
+                                      rpc_unary_cb cb, void *arg)
+{
+    return unary(nc, NODE_M_REPORT_DENIALS, &req->base,
+                 &meshid__agent__v1__report_denials_response__descriptor, cb, arg);
+}
+
 mid_result node_client_sync_open(node_client *nc, const Meshid__Agent__V1__AgentSyncRequest *first,
                                  const rpc_stream_handler *h, void *arg, rpc_stream **out)
 {

@@ -1,6 +1,6 @@
 /* The agent's side of the node API (proto/meshid/agent/v1/agent.proto): one
  * TLS channel to the server, rebuilt when the agent's certificate or trust
- * anchors change, the four calls, and the small crypto helpers both ends of
+ * anchors change, the five calls, and the small crypto helpers both ends of
  * the agent need (CSRs, DER <-> PEM). Loop thread only.
  */
 #ifndef MESHID_SDS_NODE_CLIENT_H
@@ -19,6 +19,7 @@
 #define NODE_M_RENEW "/meshid.agent.v1.Node/RenewAgent"
 #define NODE_M_BATCH_SIGN "/meshid.agent.v1.Node/BatchSignX509SVID"
 #define NODE_M_SYNC "/meshid.agent.v1.Node/Sync"
+#define NODE_M_REPORT_DENIALS "/meshid.agent.v1.Node/ReportDenials"
 
 #define NODE_CALL_TIMEOUT_MS 30000
 #define NODE_PEM_MAX (1024 * 1024) /* a bundle or chain as PEM */
@@ -53,6 +54,9 @@ MID_RESULT node_client_renew(node_client *nc, const Meshid__Agent__V1__RenewAgen
 MID_RESULT node_client_batch_sign(node_client *nc,
                                   const Meshid__Agent__V1__BatchSignRequest *req,
                                   rpc_unary_cb cb, void *arg);
+MID_RESULT node_client_report_denials(node_client *nc,
+                                      const Meshid__Agent__V1__ReportDenialsRequest *req,
+                                      rpc_unary_cb cb, void *arg);
 
 /* Opens the Sync stream and sends `first`. on_done always runs once. */
 MID_RESULT node_client_sync_open(node_client *nc, const Meshid__Agent__V1__AgentSyncRequest *first,

@@ -6,7 +6,8 @@
  * job's done callback answers the call if it is still there, and whichever
  * comes last frees the op. Sync streams live in a list walked by a poll
  * timer, which pushes the complete state when the bundle or the entries
- * changed and closes the streams of agents that were banned. */
+ * changed and closes the streams of agents that were banned.
+ * ReportDenials is one job per call that appends the denials in order. */
 #include <jansson.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -26,6 +27,7 @@
 #define M_RENEW "/meshid.agent.v1.Node/RenewAgent"
 #define M_BATCH "/meshid.agent.v1.Node/BatchSignX509SVID"
 #define M_SYNC "/meshid.agent.v1.Node/Sync"
+#define M_DENY "/meshid.agent.v1.Node/ReportDenials"
 
 #define MSG_MAX 512
 #define CHAIN_MAX_CERTS 16
@@ -64,7 +66,7 @@ struct node_service {
     size_t n_acks, cap_acks;
 };
 
-typedef enum { OP_ATTEST, OP_RENEW, OP_BATCH } op_kind;
+typedef enum { OP_ATTEST, OP_RENEW, OP_BATCH, OP_DENY } op_kind;
 
 typedef struct node_op node_op;
 
@@ -97,6 +99,11 @@ struct node_op {
     /* batch */
     batch_item *items;
     size_t n_items;
+    /* denials: audit reason and details of each, built on the loop */
+    char **deny_reason;
+    char **deny_details;
+    size_t n_deny;
+    size_t accepted; /* leading denials audited */
 };
 
 /* ---- small helpers ------------------------------------------------------- */
@@ -365,6 +372,12 @@ static void op_free(node_op *op)
         free(op->items[i].chain_pem);
     }
     free(op->items);
+    for (size_t i = 0; i < op->n_deny; i++) {
+        free(op->deny_reason[i]);
+        free(op->deny_details[i]);
+    }
+    free(op->deny_reason);
+    free(op->deny_details);
     free(op);
 }
 
@@ -865,6 +878,169 @@ static void batch_start(rpc_call *call, const ProtobufCMessage *m, void *ctx)
     if (op->jobs == 0) batch_reply(op);
 }
 
+/* ---- ReportDenials -------------------------------------------------------- */
+
+/* Checks one reported denial against the limits of node_service.h; false
+ * with `msg` set when it is out of them. */
+static bool denial_ok(const Meshid__Agent__V1__Denial *d, size_t i, char *msg)
+{
+    if (d->time_ms < 0) {
+        snprintf(msg, MSG_MAX, "denial %zu: negative time_ms", i);
+        return false;
+    }
+    if (strlen(d->reason) > NODE_DENIAL_REASON_MAX || strlen(d->api) > NODE_DENIAL_API_MAX) {
+        snprintf(msg, MSG_MAX, "denial %zu: reason over %d or api over %d bytes", i,
+                 NODE_DENIAL_REASON_MAX, NODE_DENIAL_API_MAX);
+        return false;
+    }
+    if (d->n_selectors > NODE_DENIAL_SELECTORS_MAX) {
+        snprintf(msg, MSG_MAX, "denial %zu: %zu selectors; at most %d", i, d->n_selectors,
+                 NODE_DENIAL_SELECTORS_MAX);
+        return false;
+    }
+    for (size_t k = 0; k < d->n_selectors; k++) {
+        const Meshid__Agent__V1__Selector *s = d->selectors[k];
+        if (strlen(s->type) > NODE_DENIAL_SELECTOR_TYPE_MAX ||
+            strlen(s->value) > NODE_DENIAL_SELECTOR_VALUE_MAX) {
+            snprintf(msg, MSG_MAX, "denial %zu: selector %zu over %d/%d bytes", i, k,
+                     NODE_DENIAL_SELECTOR_TYPE_MAX, NODE_DENIAL_SELECTOR_VALUE_MAX);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The audit reason and details (JSON) of one denial, peer text made
+ * printable. False when out of memory. */
+static bool denial_audit_text(const Meshid__Agent__V1__Denial *d, char **reason, char **details)
+{
+    char buf[NODE_DENIAL_REASON_MAX + 1];
+    char sel[NODE_DENIAL_SELECTOR_TYPE_MAX + NODE_DENIAL_SELECTOR_VALUE_MAX + 2];
+    char api[NODE_DENIAL_API_MAX + 1], ts[TIME_RFC3339_LEN];
+    *reason = NULL;
+    *details = NULL;
+    sanitize(d->reason, strlen(d->reason), buf, sizeof buf);
+    *reason = strdup(buf[0] ? buf : "refused by the agent");
+    json_t *sels = json_array();
+    for (size_t k = 0; sels && k < d->n_selectors; k++) {
+        const Meshid__Agent__V1__Selector *s = d->selectors[k];
+        size_t tl = strlen(s->type), vl = strlen(s->value);
+        char raw[sizeof sel];
+        memcpy(raw, s->type, tl);
+        raw[tl] = ':';
+        memcpy(raw + tl + 1, s->value, vl);
+        sanitize(raw, tl + 1 + vl, sel, sizeof sel);
+        if (json_array_append_new(sels, json_string(sel)) != 0) {
+            json_decref(sels);
+            sels = NULL;
+        }
+    }
+    sanitize(d->api, strlen(d->api), api, sizeof api);
+    time_format_rfc3339_ms(d->time_ms, ts);
+    if (sels)
+        *details = json_details(json_pack("{s:I, s:I, s:I, s:o, s:s, s:s, s:I}", "uid",
+                                          (json_int_t)d->uid, "gid", (json_int_t)d->gid, "pid",
+                                          (json_int_t)d->pid, "selectors", sels, "api", api,
+                                          "time", ts, "count",
+                                          (json_int_t)(d->count ? d->count : 1)));
+    return *reason && *details;
+}
+
+/* Appends the denials in order and stops at the first failure: what is
+ * durable is always a prefix, so the agent can re-send the rest. */
+static void deny_work(void *arg)
+{
+    node_op *op = arg;
+    char actor[SPIFFE_ID_MAX + 16];
+    snprintf(actor, sizeof actor, "agent:%s", op->agent);
+    for (size_t i = 0; i < op->n_deny; i++) {
+        store_audit_event ev = {.actor = actor, .event = "workload.deny", .outcome = "denied",
+                                .reason = op->deny_reason[i], .details = op->deny_details[i]};
+        mid_result r = store_audit_append(op->ns->o.st, &ev, NULL);
+        if (!mid_is_ok(r)) {
+            set_failure(&op->code, op->msg, r.err, "auditing a denial");
+            return;
+        }
+        op->accepted++;
+    }
+}
+
+static void deny_done(void *arg, bool ran)
+{
+    node_op *op = arg;
+    if (!op_job_done(op)) return;
+    rpc_call *call = op->call;
+    if (!ran) {
+        finish(call, RPC_UNAVAILABLE, "server shutting down");
+        return;
+    }
+    if (op->accepted == 0 && op->code != RPC_OK) {
+        finish(call, op->code == RPC_INTERNAL ? RPC_UNAVAILABLE : op->code, op->msg);
+        return;
+    }
+    if (op->code != RPC_OK)
+        LOG_WARN("node API: %zu of %zu denials from %s audited: %s", op->accepted, op->n_deny,
+                 op->agent, op->msg);
+    Meshid__Agent__V1__ReportDenialsResponse resp =
+        MESHID__AGENT__V1__REPORT_DENIALS_RESPONSE__INIT;
+    resp.accepted = (int32_t)op->accepted;
+    reply(call, &resp.base);
+}
+
+static void deny_start(rpc_call *call, const ProtobufCMessage *m, void *ctx)
+{
+    node_service *ns = ctx;
+    const Meshid__Agent__V1__ReportDenialsRequest *req =
+        (const Meshid__Agent__V1__ReportDenialsRequest *)m;
+    char msg[MSG_MAX];
+    const char *agent;
+    rpc_code code = check_agent(call, ns, &agent, msg);
+    if (code != RPC_OK) {
+        finish(call, code, msg);
+        return;
+    }
+    touch_agent(ns, agent);
+    if (req->n_denials > NODE_DENIALS_MAX) {
+        snprintf(msg, sizeof msg, "%zu denials in one call; at most %d", req->n_denials,
+                 NODE_DENIALS_MAX);
+        finish(call, RPC_INVALID_ARGUMENT, msg);
+        return;
+    }
+    for (size_t i = 0; i < req->n_denials; i++) {
+        if (!denial_ok(req->denials[i], i, msg)) {
+            finish(call, RPC_INVALID_ARGUMENT, msg);
+            return;
+        }
+    }
+    if (req->n_denials == 0) {
+        Meshid__Agent__V1__ReportDenialsResponse resp =
+            MESHID__AGENT__V1__REPORT_DENIALS_RESPONSE__INIT;
+        reply(call, &resp.base);
+        return;
+    }
+    node_op *op = op_new(ns, call, OP_DENY);
+    if (!op) {
+        finish(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    op->agent = strdup(agent);
+    op->deny_reason = calloc(req->n_denials, sizeof *op->deny_reason);
+    op->deny_details = calloc(req->n_denials, sizeof *op->deny_details);
+    if (!op->agent || !op->deny_reason || !op->deny_details) {
+        finish(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < req->n_denials; i++) {
+        op->n_deny++;
+        if (!denial_audit_text(req->denials[i], &op->deny_reason[i], &op->deny_details[i])) {
+            finish(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+            return;
+        }
+    }
+    if (!submit(op, deny_work, deny_done, op))
+        finish(call, RPC_UNAVAILABLE, "server busy, retry later");
+}
+
 /* ---- Sync ------------------------------------------------------------------ */
 
 static void record_ack(node_service *ns, const char *agent, uint64_t b, uint64_t e)
@@ -1067,6 +1243,7 @@ static void poll_tick(rpc_loop *loop, void *arg)
 static const rpc_handler attest_h = {.on_start = attest_start, .on_done = op_call_done};
 static const rpc_handler renew_h = {.on_start = renew_start, .on_done = op_call_done};
 static const rpc_handler batch_h = {.on_start = batch_start, .on_done = op_call_done};
+static const rpc_handler deny_h = {.on_start = deny_start, .on_done = op_call_done};
 static const rpc_handler sync_h = {.on_start = sync_start, .on_message = sync_message,
                                    .on_drain = sync_drain, .on_done = sync_done};
 
@@ -1104,6 +1281,9 @@ mid_result node_service_register(node_service *ns, rpc_server *srv)
                                   ns));
     MID_GUARD(rpc_server_register(srv, M_BATCH, RPC_UNARY,
                                   &meshid__agent__v1__batch_sign_request__descriptor, &batch_h,
+                                  ns));
+    MID_GUARD(rpc_server_register(srv, M_DENY, RPC_UNARY,
+                                  &meshid__agent__v1__report_denials_request__descriptor, &deny_h,
                                   ns));
     MID_GUARD(rpc_server_register(srv, M_SYNC, RPC_BIDI,
                                   &meshid__agent__v1__agent_sync_request__descriptor, &sync_h, ns));

@@ -1,7 +1,8 @@
 /* The server side of the node API (meshid.agent.v1.Node): join-token
  * attestation, agent SVID renewal, batched signing of workload CSRs for the
  * entries an agent serves, and the Sync stream that pushes the trust bundle
- * and the agent's entries (docs/server.md).
+ * and the agent's entries, and ReportDenials, which audits the workloads an
+ * agent refused (docs/server.md).
  *
  * Threading: every function here runs on the rpc loop thread. Blocking work
  * (token consumption, signing, durable writes) runs on the workpool; the
@@ -32,6 +33,14 @@ typedef struct node_service node_service;
 #define NODE_JOIN_TOKEN_MAX 256     /* bytes of a presented join token */
 #define NODE_HOSTNAME_MAX 255       /* bytes of a reported hostname */
 #define NODE_SYNC_POLL_MS 1000      /* how often Sync looks for changes */
+/* ReportDenials limits (a call beyond them is INVALID_ARGUMENT); they keep
+ * one denial's audit details well under STORE_AUDIT_DETAILS_MAX. */
+#define NODE_DENIALS_MAX 100               /* denials per call */
+#define NODE_DENIAL_SELECTORS_MAX 32       /* selectors per denial */
+#define NODE_DENIAL_SELECTOR_TYPE_MAX 64   /* bytes of a selector type */
+#define NODE_DENIAL_SELECTOR_VALUE_MAX 1024 /* bytes of a selector value */
+#define NODE_DENIAL_REASON_MAX 1024        /* bytes of a reason */
+#define NODE_DENIAL_API_MAX 32             /* bytes of the api name */
 
 typedef struct {
     store *st;            /* borrowed; outlives the service */
@@ -46,7 +55,7 @@ typedef struct {
  * CA's error when the bundle cannot be read. */
 MID_RESULT node_service_new(const node_service_opts *o, node_service **out);
 
-/* Registers the four Node methods on `srv` (before rpc_server_start) and
+/* Registers the five Node methods on `srv` (before rpc_server_start) and
  * starts the Sync poll timer. */
 MID_RESULT node_service_register(node_service *ns, rpc_server *srv);
 

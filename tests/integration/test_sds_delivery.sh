@@ -2,7 +2,7 @@
 # SDS delivery end to end with the real binaries: meshid server, meshid agent
 # (join token, then its own SVID), registration entries for two uids, each
 # uid receiving its own identity over the Workload API and SDS, an
-# unregistered uid refused, a mutual-TLS handshake with openssl using only
+# unregistered uid refused (and the refusal audited by the server), a mutual-TLS handshake with openssl using only
 # what SDS delivered, rotation seen on an open SDS stream, and the agent
 # surviving a server restart.
 source "$(dirname "$0")/lib.sh"
@@ -32,6 +32,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap 'cleanup; rm -rf "$WORK"' EXIT
 
 start_server() { # PORT (0 picks one)
+  rm -f "$WORK/server.out"   # so the wait below cannot see a previous run's ready line
   "$M" --data-dir "$SRV" server --listen "127.0.0.1:$1" >"$WORK/server.out" 2>"$WORK/server.err" &
   SPID=$!
   pids+=("$SPID")
@@ -89,6 +90,16 @@ step "an unregistered uid is refused"
 rc=0; as_uid $U3 "$M" svid fetch --socket "$SOCK" >"$OUT" 2>"$ERR" || rc=$?
 [ "$rc" -eq 1 ] || fail "uid $U3: exit $rc"
 has "$ERR" "no identity issued"
+# the agent reports the refusal (ReportDenials, about every second)
+t0=$SECONDS
+until "$M" --data-dir "$SRV" audit query --event workload.deny --json >"$OUT" 2>"$ERR" \
+    && grep -q '"outcome":"denied"' "$OUT" && grep -q "\"uid\":$U3" "$OUT"; do
+  [ $((SECONDS - t0)) -lt 5 ] || { cat "$OUT"; fail "refusal of uid $U3 not audited"; }
+  sleep 0.3
+done
+has "$OUT" "\"actor\":\"agent:$AGENT_ID\""
+has "$OUT" "unix:uid:$U3"
+has "$OUT" '"api":"workload"'
 
 step "issuance is audited with the agent, the entry and its selectors"
 "$M" --data-dir "$SRV" audit query --spiffe-id "spiffe://$TD/w1" --json >"$OUT"

@@ -56,8 +56,30 @@ void fake_set_agent_ttl(fake_server *f, int64_t ttl);
  * (as a previous AttestAgent would have), valid for ttl seconds. */
 void fake_seed_identity(fake_server *f, const char *data_dir, int64_t ttl);
 
+/* One denial ReportDenials received (the first FAKE_MAX_DENIALS are kept). */
+#define FAKE_MAX_DENIALS 64
+typedef struct {
+    uint32_t uid, gid, count;
+    int32_t pid;
+    int64_t time_ms;
+    char api[16];
+    char reason[256];
+    char selectors[256]; /* "type:value" joined by ' ' */
+} fake_denial;
+
+/* The denials received, in order (at most FAKE_MAX_DENIALS kept). */
+const fake_denial *fake_denials(const fake_server *f, size_t *n);
+
+/* ReportDenials accepts at most `limit` denials per call from now on
+ * (answers accepted = min(n, limit)); negative: all (the default). */
+void fake_set_denial_accept_limit(fake_server *f, int limit);
+
 typedef struct {
     int attests, attest_refused, renews, batches, signs, syncs_open, syncs_total;
+    int reports;         /* ReportDenials calls answered OK */
+    int report_failures; /* ReportDenials calls refused (down, no agent cert) */
+    int denials;         /* denials accepted, all calls */
+    int drop_notes;      /* accepted denials whose reason names dropped ones */
     uint64_t last_bundle_ack, last_rev_ack;
     int acks;
     int unauthenticated; /* calls without a valid agent certificate */

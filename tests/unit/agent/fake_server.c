@@ -1,7 +1,8 @@
 /* A fake meshid node API server for the agent tests: TLS on 127.0.0.1 with
  * optional client certificates, a throwaway root CA made here with OpenSSL
  * (independent of ca/), AttestAgent with one-time tokens, RenewAgent,
- * BatchSignX509SVID that records every CSR, and Sync pushing the state. */
+ * BatchSignX509SVID that records every CSR, Sync pushing the state, and
+ * ReportDenials recording what the agent reported. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -23,6 +24,7 @@
 #define M_RENEW "/meshid.agent.v1.Node/RenewAgent"
 #define M_SIGN "/meshid.agent.v1.Node/BatchSignX509SVID"
 #define M_SYNC "/meshid.agent.v1.Node/Sync"
+#define M_DENY "/meshid.agent.v1.Node/ReportDenials"
 #define MAX_SYNCS 8
 #define MAX_TOKENS 8
 
@@ -50,6 +52,9 @@ struct fake_server {
         size_t len;
     } csrs[FAKE_MAX_CSRS], reqs[FAKE_MAX_CSRS];
     size_t n_csrs, n_reqs;
+    fake_denial denials[FAKE_MAX_DENIALS];
+    size_t n_denials;
+    int deny_limit;
 };
 
 /* ---- certificates ---------------------------------------------------------- */
@@ -321,6 +326,58 @@ static void sign_start(rpc_call *call, const ProtobufCMessage *m, void *ctx)
     free(res);
 }
 
+/* ---- ReportDenials ------------------------------------------------------------- */
+
+static void deny_start(rpc_call *call, const ProtobufCMessage *m, void *ctx)
+{
+    fake_server *f = ctx;
+    const Meshid__Agent__V1__ReportDenialsRequest *req = (const void *)m;
+    if (f->down) {
+        f->c.report_failures++;
+        rpc_call_abort(call, RPC_UNAVAILABLE, "down");
+        return;
+    }
+    if (!is_agent(f, call)) {
+        f->c.report_failures++;
+        rpc_call_abort(call, RPC_UNAUTHENTICATED, "agent certificate required");
+        return;
+    }
+    if (req->n_denials > 100) {
+        f->c.report_failures++;
+        rpc_call_abort(call, RPC_INVALID_ARGUMENT, "too many denials");
+        return;
+    }
+    size_t n = req->n_denials;
+    if (f->deny_limit >= 0 && n > (size_t)f->deny_limit) n = (size_t)f->deny_limit;
+    for (size_t i = 0; i < n; i++) {
+        const Meshid__Agent__V1__Denial *d = req->denials[i];
+        if (strstr(d->reason, "dropped")) f->c.drop_notes++;
+        if (f->n_denials == FAKE_MAX_DENIALS) continue;
+        fake_denial *o = &f->denials[f->n_denials++];
+        o->uid = d->uid;
+        o->gid = d->gid;
+        o->pid = d->pid;
+        o->count = d->count;
+        o->time_ms = d->time_ms;
+        snprintf(o->api, sizeof o->api, "%s", d->api);
+        snprintf(o->reason, sizeof o->reason, "%s", d->reason);
+        size_t w = 0;
+        o->selectors[0] = '\0';
+        for (size_t k = 0; k < d->n_selectors && w < sizeof o->selectors; k++) {
+            int len = snprintf(o->selectors + w, sizeof o->selectors - w, "%s%s:%s", k ? " " : "",
+                               d->selectors[k]->type, d->selectors[k]->value);
+            if (len < 0) break;
+            w += (size_t)len;
+        }
+    }
+    f->c.reports++;
+    f->c.denials += (int)n;
+    Meshid__Agent__V1__ReportDenialsResponse resp = MESHID__AGENT__V1__REPORT_DENIALS_RESPONSE__INIT;
+    resp.accepted = (int32_t)n;
+    assert_true(mid_is_ok(rpc_call_send(call, &resp.base)));
+    assert_true(mid_is_ok(rpc_call_finish(call, RPC_OK, NULL)));
+}
+
 /* ---- Sync ------------------------------------------------------------------------ */
 
 static void send_state(fake_server *f, rpc_call *call)
@@ -429,6 +486,7 @@ static void sync_done(rpc_call *call, bool cancelled, void *ctx)
 static const rpc_handler h_attest = {.on_start = attest_start};
 static const rpc_handler h_renew = {.on_start = renew_start};
 static const rpc_handler h_sign = {.on_start = sign_start};
+static const rpc_handler h_deny = {.on_start = deny_start};
 static const rpc_handler h_sync = {.on_start = sync_start, .on_message = sync_msg,
                                    .on_done = sync_done};
 
@@ -442,6 +500,7 @@ fake_server *fake_new(rpc_loop *loop)
     f->serial = 1;
     f->agent_ttl = 3600;
     f->rev = 1;
+    f->deny_limit = -1;
     f->ca_key = new_key();
     f->ca = make_cert(f, f->ca_key, "URI:spiffe://" FAKE_TD, true, 86400, 60);
     f->ca_pem = pem_of_cert(f->ca);
@@ -464,6 +523,9 @@ fake_server *fake_new(rpc_loop *loop)
     assert_true(mid_is_ok(rpc_server_register(srv, M_SIGN, RPC_UNARY,
                                               &meshid__agent__v1__batch_sign_request__descriptor,
                                               &h_sign, f)));
+    assert_true(mid_is_ok(rpc_server_register(srv, M_DENY, RPC_UNARY,
+                                              &meshid__agent__v1__report_denials_request__descriptor,
+                                              &h_deny, f)));
     assert_true(mid_is_ok(rpc_server_register(srv, M_SYNC, RPC_BIDI,
                                               &meshid__agent__v1__agent_sync_request__descriptor,
                                               &h_sync, f)));
@@ -568,6 +630,14 @@ void fake_seed_identity(fake_server *f, const char *data_dir, int64_t ttl)
 }
 
 const fake_counts *fake_get_counts(const fake_server *f) { return &f->c; }
+
+const fake_denial *fake_denials(const fake_server *f, size_t *n)
+{
+    *n = f->n_denials;
+    return f->denials;
+}
+
+void fake_set_denial_accept_limit(fake_server *f, int limit) { f->deny_limit = limit; }
 
 size_t fake_csr_count(const fake_server *f) { return f->n_csrs; }
 

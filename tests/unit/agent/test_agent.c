@@ -1,8 +1,9 @@
 /* The node agent against the fake node API server: bootstrap with a join
  * token, the persisted identity reused after a restart, workload SVIDs for
  * locally generated keys, rotation at half life, re-issue on entry change,
- * serving from the cache while the server is down, agent SVID renewal, and
- * selector matching (denied / not issued yet / matched, default order). */
+ * serving from the cache while the server is down, agent SVID renewal,
+ * selector matching (denied / not issued yet / matched, default order), and
+ * refusals reported to the server (coalesced, bounded, retried). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -87,7 +88,8 @@ static mid_result start_agent(env *e, const char *token)
                     .on_fatal = on_fatal,
                     .on_fatal_arg = e,
                     .backoff_min_ms = 100,
-                    .backoff_max_ms = 400};
+                    .backoff_max_ms = 400,
+                    .report_interval_ms = 100};
     return agent_start(&o, e->loop, &e->a);
 }
 
@@ -515,6 +517,166 @@ static void test_agent_renewal(void **state)
     assert_int_equal(fake_get_counts(e->f)->attests, 1);
 }
 
+/* ---- denial reports ------------------------------------------------------------------ */
+
+/* A workload of `uid` (pid 0: no executable selectors) asks through the
+ * `api` source and is refused: no entry matches it. */
+static void refuse_uid(env *e, agent_api api, uid_t uid)
+{
+    sds_source src = agent_cache_source_for(agent_get_cache(e->a), api);
+    rpc_peer p = {.kind = RPC_PEER_UNIX, .uid = uid, .gid = uid, .pid = 0};
+    sds_workload *wl = NULL;
+    assert_true(mid_is_ok(src.ops->attest(src.ctx, &p, &wl)));
+    sds_view *v = NULL;
+    assert_int_equal(src.ops->view(src.ctx, wl, &v).err, MID_E_DENIED);
+    assert_null(v);
+    src.ops->workload_free(src.ctx, wl);
+}
+
+typedef struct {
+    env *e;
+    int want;
+} denial_wait;
+
+/* The fake audited `want` denials and the agent has seen the answers. */
+static bool denials_at_least(void *arg)
+{
+    denial_wait *w = arg;
+    agent_cache_stats st;
+    agent_cache_get_stats(agent_get_cache(w->e->a), &st);
+    return fake_get_counts(w->e->f)->denials >= w->want && st.denials_reported >= (uint64_t)w->want;
+}
+
+static const fake_denial *denial_of(env *e, uint32_t uid, size_t nth)
+{
+    size_t n = 0;
+    const fake_denial *d = fake_denials(e->f, &n);
+    for (size_t i = 0; i < n; i++)
+        if (d[i].uid == uid && nth-- == 0) return &d[i];
+    return NULL;
+}
+
+static agent_cache_stats cache_stats(env *e)
+{
+    agent_cache_stats st;
+    agent_cache_get_stats(agent_get_cache(e->a), &st);
+    return st;
+}
+
+static void test_denials_reported_coalesced(void **state)
+{
+    env *e = *state;
+    fake_add_entry(e->f, "e1", WL_A, e->uid_sel, 3600);
+    start_seeded(e);
+    refuse_uid(e, AGENT_API_WORKLOAD, 5555);
+    refuse_uid(e, AGENT_API_WORKLOAD, 5555);
+    refuse_uid(e, AGENT_API_WORKLOAD, 5555);
+    refuse_uid(e, AGENT_API_WORKLOAD, 5556);
+    /* attestation fails: our pid, someone else's uid */
+    sds_source sds = agent_cache_source_for(agent_get_cache(e->a), AGENT_API_SDS);
+    rpc_peer liar = {.kind = RPC_PEER_UNIX, .uid = geteuid() + 1, .gid = getegid(),
+                     .pid = getpid()};
+    sds_workload *wl = NULL;
+    assert_int_equal(sds.ops->attest(sds.ctx, &liar, &wl).err, MID_E_DENIED);
+    agent_cache_stats st = cache_stats(e);
+    assert_int_equal(st.denials, 5);
+    assert_int_equal(st.denials_queued, 3); /* 5555 three times is one report */
+
+    denial_wait w = {e, 3};
+    assert_true(run_until(e->loop, denials_at_least, &w, 5000));
+    const fake_denial *d = denial_of(e, 5555, 0);
+    assert_non_null(d);
+    assert_int_equal(d->count, 3);
+    assert_int_equal(d->gid, 5555);
+    assert_string_equal(d->api, "workload");
+    assert_non_null(strstr(d->reason, "no registration entry"));
+    assert_non_null(strstr(d->selectors, "unix:uid:5555"));
+    assert_true(d->time_ms > 0 && d->time_ms <= now_ms());
+    d = denial_of(e, 5556, 0);
+    assert_non_null(d);
+    assert_int_equal(d->count, 1);
+    d = denial_of(e, (uint32_t)liar.uid, 0);
+    assert_non_null(d);
+    assert_string_equal(d->api, "sds");
+    assert_non_null(strstr(d->reason, "attestation failed"));
+    assert_int_equal(d->pid, (int32_t)getpid());
+    assert_string_equal(d->selectors, "");
+    st = cache_stats(e);
+    assert_int_equal(st.denials_reported, 3);
+    assert_int_equal(st.denials_queued, 0);
+    assert_int_equal(st.denials_dropped, 0);
+    assert_int_equal(fake_get_counts(e->f)->denials, 3);
+
+    /* once reported, the same workload again is a new report */
+    refuse_uid(e, AGENT_API_WORKLOAD, 5555);
+    w.want = 4;
+    assert_true(run_until(e->loop, denials_at_least, &w, 5000));
+    d = denial_of(e, 5555, 1);
+    assert_non_null(d);
+    assert_int_equal(d->count, 1);
+    assert_int_equal(fake_get_counts(e->f)->unauthenticated, 0);
+}
+
+static void test_denials_retried(void **state)
+{
+    env *e = *state;
+    start_seeded(e);
+    fake_set_down(e->f, true);
+    assert_true(run_until(e->loop, not_synced, e, 5000));
+    refuse_uid(e, AGENT_API_WORKLOAD, 5555);
+    refuse_uid(e, AGENT_API_SDS, 5556);
+    run_for(e->loop, 700); /* several attempts fail */
+    agent_cache_stats st = cache_stats(e);
+    assert_true(st.report_errors >= 1);
+    assert_int_equal(st.denials_queued, 2);
+    assert_int_equal(st.denials_reported, 0);
+    assert_true(fake_get_counts(e->f)->report_failures >= 1);
+    assert_int_equal(fake_get_counts(e->f)->denials, 0);
+
+    /* back, but auditing one per call: the rest is re-sent */
+    fake_set_denial_accept_limit(e->f, 1);
+    fake_set_down(e->f, false);
+    denial_wait w = {e, 2};
+    assert_true(run_until(e->loop, denials_at_least, &w, 10000));
+    size_t n = 0;
+    const fake_denial *d = fake_denials(e->f, &n);
+    assert_int_equal(n, 2);
+    assert_int_equal(d[0].uid, 5555); /* in order */
+    assert_int_equal(d[1].uid, 5556);
+    assert_true(fake_get_counts(e->f)->reports >= 2);
+    st = cache_stats(e);
+    assert_int_equal(st.denials_reported, 2);
+    assert_int_equal(st.denials_queued, 0);
+}
+
+static void test_denial_queue_bounded(void **state)
+{
+    env *e = *state;
+    start_seeded(e);
+    fake_set_down(e->f, true);
+    assert_true(run_until(e->loop, not_synced, e, 5000));
+    for (uid_t u = 0; u < AGENT_DENIALS_QUEUE_MAX + 5; u++)
+        refuse_uid(e, AGENT_API_WORKLOAD, 20000 + u);
+    agent_cache_stats st = cache_stats(e);
+    assert_int_equal(st.denials_queued, AGENT_DENIALS_QUEUE_MAX);
+    assert_int_equal(st.denials_dropped, 5);
+
+    fake_set_down(e->f, false);
+    denial_wait w = {e, AGENT_DENIALS_QUEUE_MAX};
+    assert_true(run_until(e->loop, denials_at_least, &w, 15000));
+    /* at most AGENT_DENIALS_BATCH_MAX per call; the drops named once */
+    assert_true(fake_get_counts(e->f)->reports >= AGENT_DENIALS_QUEUE_MAX / AGENT_DENIALS_BATCH_MAX);
+    assert_int_equal(fake_get_counts(e->f)->drop_notes, 1);
+    size_t n = 0;
+    const fake_denial *d = fake_denials(e->f, &n);
+    assert_true(n >= 1);
+    assert_int_equal(d[0].uid, 20000);
+    assert_non_null(strstr(d[0].reason, "5 more denials dropped"));
+    st = cache_stats(e);
+    assert_int_equal(st.denials_reported, AGENT_DENIALS_QUEUE_MAX);
+    assert_int_equal(st.denials_queued, 0);
+}
+
 int run_agent_tests(void)
 {
     if (getenv("MESHID_TEST_LOG")) log_set_level(LOG_LVL_DEBUG);
@@ -529,6 +691,9 @@ int run_agent_tests(void)
         cmocka_unit_test_setup_teardown(test_entry_change_reissues, setup, teardown),
         cmocka_unit_test_setup_teardown(test_server_down_serves_cache, setup, teardown),
         cmocka_unit_test_setup_teardown(test_agent_renewal, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_denials_reported_coalesced, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_denials_retried, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_denial_queue_bounded, setup, teardown),
     };
     return cmocka_run_group_tests_name("sds/agent", tests, NULL, NULL);
 }

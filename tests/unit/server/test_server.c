@@ -1,7 +1,7 @@
 /* sds/server: the node API and the admin API end to end on one loop, with a
  * real store and CA in a temporary data directory. The test plays both the
  * agent (over TLS, with and without its SVID) and the admin (on the Unix
- * socket). */
+ * socket), and checks what lands in the audit log, ReportDenials included. */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -654,6 +654,182 @@ static void test_sync_and_evict(void **state)
     free(second);
 }
 
+/* ---- ReportDenials ---------------------------------------------------------- */
+
+typedef struct {
+    char actor[512];
+    char reason[512];
+    char details[2048];
+    char first_details[2048];
+    int n;
+} deny_seen;
+
+static int deny_cb(void *ctx, const store_audit_event *ev)
+{
+    deny_seen *d = ctx;
+    if (d->n++ == 0)
+        snprintf(d->first_details, sizeof d->first_details, "%s", ev->details ? ev->details : "");
+    snprintf(d->actor, sizeof d->actor, "%s", ev->actor);
+    snprintf(d->reason, sizeof d->reason, "%s", ev->reason ? ev->reason : "");
+    snprintf(d->details, sizeof d->details, "%s", ev->details ? ev->details : "");
+    return 0;
+}
+
+/* Every workload.deny event; the last one's fields in *out. */
+static void deny_events(fx *f, deny_seen *out)
+{
+    memset(out, 0, sizeof *out);
+    store *st;
+    assert_true(mid_is_ok(store_open(f->db, NULL, &st)));
+    store_audit_filter flt = {.event = "workload.deny"};
+    assert_true(mid_is_ok(store_audit_query(st, &flt, deny_cb, out)));
+    store_close(st);
+}
+
+static rpc_code report(fx *f, rpc_channel *ch, Meshid__Agent__V1__Denial **d, size_t n,
+                       int32_t *accepted)
+{
+    Meshid__Agent__V1__ReportDenialsRequest req = MESHID__AGENT__V1__REPORT_DENIALS_REQUEST__INIT;
+    req.denials = d;
+    req.n_denials = n;
+    Meshid__Agent__V1__ReportDenialsResponse *resp = NULL;
+    rpc_code code = unary(f, ch, NODE "ReportDenials", &req.base,
+                          &meshid__agent__v1__report_denials_response__descriptor, &resp);
+    if (accepted) *accepted = resp ? resp->accepted : -1;
+    free_msg(resp);
+    return code;
+}
+
+static void test_report_denials(void **state)
+{
+    fx *f = *state;
+    attest_agent(f);
+    Meshid__Agent__V1__Selector s1 = MESHID__AGENT__V1__SELECTOR__INIT,
+                                s2 = MESHID__AGENT__V1__SELECTOR__INIT;
+    s1.type = "unix";
+    s1.value = "uid:41003";
+    s2.type = "unix";
+    s2.value = "gid:41003";
+    Meshid__Agent__V1__Selector *sels[] = {&s1, &s2};
+    Meshid__Agent__V1__Denial d1 = MESHID__AGENT__V1__DENIAL__INIT,
+                              d2 = MESHID__AGENT__V1__DENIAL__INIT;
+    d1.time_ms = 1700000000123;
+    d1.uid = 41003;
+    d1.gid = 41003;
+    d1.pid = 4242;
+    d1.selectors = sels;
+    d1.n_selectors = 2;
+    d1.reason = "no registration entry matches the workload";
+    d1.api = "workload";
+    d1.count = 3;
+    d2.time_ms = 1700000001000;
+    d2.uid = 1000;
+    d2.gid = 1000;
+    d2.pid = 77;
+    d2.reason = "workload attestation failed: \x01gone";
+    d2.api = "sds";
+    Meshid__Agent__V1__Denial *two[] = {&d1, &d2};
+    deny_seen seen;
+
+    /* callers that are not an agent: no certificate, a workload's SVID */
+    assert_int_equal(report(f, f->anon, two, 2, NULL), RPC_UNAUTHENTICATED);
+    char *mine = create_entry(f, "spiffe://" TD "/web", f->agent_id, "uid:1000");
+    char *wl_key = NULL;
+    ProtobufCBinaryData csr = make_csr(NULL, &wl_key);
+    Meshid__Agent__V1__SignRequest sr = MESHID__AGENT__V1__SIGN_REQUEST__INIT;
+    sr.entry_id = mine;
+    sr.csr = csr;
+    Meshid__Agent__V1__SignRequest *srp = &sr;
+    Meshid__Agent__V1__BatchSignRequest br = MESHID__AGENT__V1__BATCH_SIGN_REQUEST__INIT;
+    br.requests = &srp;
+    br.n_requests = 1;
+    Meshid__Agent__V1__BatchSignResponse *bresp;
+    assert_int_equal(unary(f, f->agent, NODE "BatchSignX509SVID", &br.base,
+                           &meshid__agent__v1__batch_sign_response__descriptor, &bresp),
+                     RPC_OK);
+    assert_int_equal(bresp->results[0]->code, RPC_OK);
+    char *wl_cert = chain_pem(bresp->results[0]->svid_chain, bresp->results[0]->n_svid_chain);
+    free_msg(bresp);
+    rpc_channel *wl = node_channel(f, wl_cert, wl_key);
+    assert_int_equal(report(f, wl, two, 2, NULL), RPC_PERMISSION_DENIED);
+    assert_non_null(strstr(f->msg, "not an attested agent"));
+    deny_events(f, &seen);
+    assert_int_equal(seen.n, 0);
+
+    /* the agent: each denial is one event, actor the agent */
+    int32_t accepted = -1;
+    assert_int_equal(report(f, f->agent, two, 2, &accepted), RPC_OK);
+    assert_int_equal(accepted, 2);
+    deny_events(f, &seen);
+    assert_int_equal(seen.n, 2);
+    assert_int_equal(audit_events(f, "workload.deny", "denied", "no registration entry"), 1);
+    char actor[300];
+    snprintf(actor, sizeof actor, "agent:%s", f->agent_id);
+    assert_string_equal(seen.actor, actor);
+    assert_string_equal(seen.reason, "workload attestation failed: ?gone"); /* made printable */
+    assert_non_null(strstr(seen.details, "\"uid\":1000"));
+    assert_non_null(strstr(seen.details, "\"api\":\"sds\""));
+    assert_non_null(strstr(seen.details, "\"count\":1"));
+    assert_non_null(strstr(seen.details, "\"selectors\":[]"));
+    /* the first, in request order, with its selectors, count and time */
+    assert_non_null(strstr(seen.first_details, "\"uid\":41003"));
+    assert_non_null(strstr(seen.first_details, "\"gid\":41003"));
+    assert_non_null(strstr(seen.first_details, "\"pid\":4242"));
+    assert_non_null(strstr(seen.first_details, "\"selectors\":[\"unix:uid:41003\",\"unix:gid:41003\"]"));
+    assert_non_null(strstr(seen.first_details, "\"api\":\"workload\""));
+    assert_non_null(strstr(seen.first_details, "\"count\":3"));
+    assert_non_null(strstr(seen.first_details, "\"time\":\"2023-11-14T22:13:20.123Z\""));
+
+    /* an empty report is fine */
+    assert_int_equal(report(f, f->agent, NULL, 0, &accepted), RPC_OK);
+    assert_int_equal(accepted, 0);
+
+    /* oversized: too many denials, too many selectors, an over-long reason */
+    Meshid__Agent__V1__Denial **many = calloc(NODE_DENIALS_MAX + 1, sizeof *many);
+    for (int i = 0; i <= NODE_DENIALS_MAX; i++) many[i] = &d1;
+    assert_int_equal(report(f, f->agent, many, NODE_DENIALS_MAX + 1, NULL), RPC_INVALID_ARGUMENT);
+    assert_non_null(strstr(f->msg, "at most"));
+    free(many);
+    Meshid__Agent__V1__Selector **lots = calloc(NODE_DENIAL_SELECTORS_MAX + 1, sizeof *lots);
+    for (int i = 0; i <= NODE_DENIAL_SELECTORS_MAX; i++) lots[i] = &s1;
+    Meshid__Agent__V1__Denial big = d1;
+    big.selectors = lots;
+    big.n_selectors = NODE_DENIAL_SELECTORS_MAX + 1;
+    Meshid__Agent__V1__Denial *bigp = &big;
+    assert_int_equal(report(f, f->agent, &bigp, 1, NULL), RPC_INVALID_ARGUMENT);
+    free(lots);
+    char *long_reason = malloc(NODE_DENIAL_REASON_MAX + 2);
+    memset(long_reason, 'r', NODE_DENIAL_REASON_MAX + 1);
+    long_reason[NODE_DENIAL_REASON_MAX + 1] = '\0';
+    big = d1;
+    big.reason = long_reason;
+    assert_int_equal(report(f, f->agent, &bigp, 1, NULL), RPC_INVALID_ARGUMENT);
+    free(long_reason);
+    deny_events(f, &seen);
+    assert_int_equal(seen.n, 2);
+
+    /* an evicted agent is refused */
+    Meshid__Admin__V1__EvictAgentRequest er = MESHID__ADMIN__V1__EVICT_AGENT_REQUEST__INIT;
+    er.spiffe_id = f->agent_id;
+    assert_int_equal(unary(f, f->admin, ADMIN "EvictAgent", &er.base,
+                           &meshid__admin__v1__evict_agent_response__descriptor, NULL),
+                     RPC_OK);
+    assert_int_equal(report(f, f->agent, two, 2, NULL), RPC_PERMISSION_DENIED);
+    assert_int_equal(audit_events(f, "workload.deny", NULL, NULL), 2);
+
+    /* the log still verifies */
+    store *st;
+    assert_true(mid_is_ok(store_open(f->db, NULL, &st)));
+    store_audit_verdict v;
+    assert_true(mid_is_ok(store_audit_verify(st, &v)));
+    assert_int_equal(v.ok, 1);
+    store_close(st);
+    free(mine);
+    free(wl_cert);
+    free(wl_key);
+    free_csr(&csr);
+}
+
 /* ---- admin access by uid ------------------------------------------------------ */
 
 int server_tests_admin_child(const char *sock)
@@ -766,6 +942,7 @@ int run_server_tests(void)
         cmocka_unit_test_setup_teardown(test_attest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_renew_and_sign, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sync_and_evict, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_report_denials, setup, teardown),
         cmocka_unit_test_setup_teardown(test_admin_other_uid, setup, teardown),
         cmocka_unit_test(test_no_trust_domain),
     };
