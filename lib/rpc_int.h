@@ -3,7 +3,9 @@
  * Every completion-queue tag is an rpc_tag embedded in its owner; the loop
  * dispatches on tag->kind in one switch (rpc_loop.c) and each handler gets
  * its owner back with RPC_OWNER. Owners count their outstanding tags in
- * `refs` and are freed only when it drops to zero. */
+ * `refs` and are freed only when it drops to zero.
+ * (Exception: the fuzz targets in tests/fuzz/ include this header for
+ * rpc_codec_unpack, so they decode exactly as the runtime does.) */
 #ifndef MESHID_LIB_RPC_INT_H
 #define MESHID_LIB_RPC_INT_H
 
@@ -75,6 +77,16 @@ typedef enum { RPC_UNPACK_OK, RPC_UNPACK_TOO_LARGE, RPC_UNPACK_MALFORMED } rpc_u
 /* Decodes bb into `a`; *out lives as long as the arena. */
 rpc_unpack_res rpc_unpack(grpc_byte_buffer *bb, const ProtobufCMessageDescriptor *desc,
                           size_t max, arena *a, ProtobufCMessage **out);
+/* The flat-bytes half of rpc_unpack (which calls it once the buffer is read
+ * into one slice): `len` bytes of `buf` over `max` are TOO_LARGE; otherwise
+ * protobuf-c decodes them into `a`, and a refusal is TOO_LARGE when the
+ * arena's limit was hit, else MALFORMED. Also MALFORMED before decoding:
+ * messages nested more than 100 deep (protobuf-c's unpack recursion has no
+ * limit of its own) and field number 0. *out lives as long as the arena.
+ * Needs no gRPC state: the fuzz targets decode requests through it. */
+rpc_unpack_res rpc_codec_unpack(const uint8_t *buf, size_t len,
+                                const ProtobufCMessageDescriptor *desc, size_t max, arena *a,
+                                ProtobufCMessage **out);
 
 /* Copies a status message into a slice bounded to RPC_MAX_DETAILS. */
 grpc_slice rpc_details_slice(const char *msg);

@@ -194,8 +194,11 @@ mid_result node_der_to_pem(const ProtobufCBinaryData *certs, size_t n, char **pe
         MID_CHECK(r, certs[i].len > 0 && certs[i].len <= NODE_PEM_MAX, MID_E_INVALID,
                   "certificate %zu: bad length %zu", i, certs[i].len);
         X509 *x = d2i_X509(NULL, &p, (long)certs[i].len);
-        MID_CHECK(r, x != NULL && p == certs[i].data + certs[i].len, MID_E_INVALID,
-                  "certificate %zu does not parse", i);
+        if (x != NULL && p != certs[i].data + certs[i].len) { /* trailing bytes */
+            X509_free(x);
+            x = NULL;
+        }
+        MID_CHECK(r, x != NULL, MID_E_INVALID, "certificate %zu does not parse", i);
         r = ca_x509_append_pem(x, &acc);
         X509_free(x);
         if (!mid_is_ok(r)) goto out;

@@ -21,6 +21,7 @@
 #include "lib/arena.h"
 #include "lib/log.h"
 #include "sds/secrets.h"
+#include "sds/sds_service_int.h"
 
 typedef Envoy__Service__Discovery__V3__DiscoveryRequest disc_req;
 typedef Envoy__Service__Discovery__V3__DiscoveryResponse disc_resp;
@@ -31,7 +32,7 @@ typedef Envoy__Service__Discovery__V3__Resource resource_msg;
 #define DEFAULT_MAX_NAMES 128
 #define NONCE_LEN 40
 #define VERSION_LEN 24
-#define PRINT_MAX 160 /* bytes of a client-supplied name quoted in logs/status */
+#define PRINT_MAX SDS_PRINT_MAX /* bytes of a client-supplied name quoted in logs/status */
 
 /* One subscribed resource name. */
 typedef struct {
@@ -69,7 +70,7 @@ struct sds_service {
 /* ---- small helpers -------------------------------------------------------- */
 
 /* Client-supplied text made safe for logs and status messages. */
-static const char *printable(const char *s, char *buf, size_t cap)
+const char *sds_printable(const char *s, char *buf, size_t cap)
 {
     size_t o = 0;
     for (size_t i = 0; s && s[i] && o + 5 < cap; i++) {
@@ -91,7 +92,7 @@ static void next_nonce(sds_service *svc, char out[NONCE_LEN])
     snprintf(out, NONCE_LEN, "%s-%" PRIx64, svc->nonce_prefix, ++svc->nonce_seq);
 }
 
-static bool type_url_ok(const char *t)
+bool sds_type_url_ok(const char *t)
 {
     /* Empty is accepted: on a dedicated SDS stream the type is implied by
      * the service (only ADS needs it). Anything else must be exact. */
@@ -161,10 +162,15 @@ static void subs_free(sub *subs, size_t n)
     free(subs);
 }
 
+bool sds_name_len_ok(const char *name)
+{
+    return strnlen(name, SDS_NAME_MAX + 1) <= SDS_NAME_MAX;
+}
+
 /* Checks a client-supplied name; false (stream aborted) when unacceptable. */
 static bool name_ok(sds_stream *s, const char *name)
 {
-    if (strnlen(name, SDS_NAME_MAX + 1) <= SDS_NAME_MAX) return true;
+    if (sds_name_len_ok(name)) return true;
     stream_abort(s, RPC_INVALID_ARGUMENT, "resource name too long");
     return false;
 }
@@ -176,7 +182,7 @@ static void note_unknown(sds_stream *s, sub *u)
     s->svc->st.unknown_names++;
     char p[PRINT_MAX * 4 + 8];
     LOG_INFO("sds: %s: resource '%s' is not available to this workload (yet)",
-             s->delta ? "DeltaSecrets" : "StreamSecrets", printable(u->name, p, sizeof p));
+             s->delta ? "DeltaSecrets" : "StreamSecrets", sds_printable(u->name, p, sizeof p));
 }
 
 /* ---- SotW ---------------------------------------------------------------- */
@@ -203,7 +209,7 @@ static void sotw_evaluate(sds_stream *s, bool push)
             if (u->sent.hex[0]) {
                 char p[PRINT_MAX * 4 + 8];
                 LOG_INFO("sds: resource '%s' disappeared from the workload's view",
-                         printable(u->name, p, sizeof p));
+                         sds_printable(u->name, p, sizeof p));
                 u->sent.hex[0] = '\0'; /* send it again if it comes back */
                 u->logged_unknown = false;
             }
@@ -288,9 +294,9 @@ static void sotw_request(sds_stream *s, const disc_req *req)
 {
     sds_service *svc = s->svc;
     char p[PRINT_MAX * 4 + 8];
-    if (!type_url_ok(req->type_url)) {
+    if (!sds_type_url_ok(req->type_url)) {
         char msg[PRINT_MAX * 4 + 64];
-        snprintf(msg, sizeof msg, "unsupported type_url '%s'", printable(req->type_url, p, sizeof p));
+        snprintf(msg, sizeof msg, "unsupported type_url '%s'", sds_printable(req->type_url, p, sizeof p));
         stream_abort(s, RPC_INVALID_ARGUMENT, msg);
         return;
     }
@@ -300,14 +306,14 @@ static void sotw_request(sds_stream *s, const disc_req *req)
             /* Superseded by a response the client has not seen yet (or
              * garbage): its answer is already on the way. */
             svc->st.stale++;
-            LOG_DEBUG("sds: ignoring request with stale nonce '%s'", printable(rn, p, sizeof p));
+            LOG_DEBUG("sds: ignoring request with stale nonce '%s'", sds_printable(rn, p, sizeof p));
             return;
         }
         if (req->error_detail) {
             svc->st.nacks++;
             LOG_WARN("sds: client rejected version %s (code %d): %s; keeping version %s",
                      s->sent_version, (int)req->error_detail->code,
-                     printable(req->error_detail->message, p, sizeof p),
+                     sds_printable(req->error_detail->message, p, sizeof p),
                      s->acked_version[0] ? s->acked_version : "(none)");
         } else {
             svc->st.acks++;
@@ -438,9 +444,9 @@ static void delta_request(sds_stream *s, const delta_req *req)
 {
     sds_service *svc = s->svc;
     char p[PRINT_MAX * 4 + 8];
-    if (!type_url_ok(req->type_url)) {
+    if (!sds_type_url_ok(req->type_url)) {
         char msg[PRINT_MAX * 4 + 64];
-        snprintf(msg, sizeof msg, "unsupported type_url '%s'", printable(req->type_url, p, sizeof p));
+        snprintf(msg, sizeof msg, "unsupported type_url '%s'", sds_printable(req->type_url, p, sizeof p));
         stream_abort(s, RPC_INVALID_ARGUMENT, msg);
         return;
     }
@@ -449,11 +455,11 @@ static void delta_request(sds_stream *s, const delta_req *req)
         if (strcmp(rn, s->nonce) != 0) {
             /* the ACK/NACK part is moot; subscription changes still apply */
             svc->st.stale++;
-            LOG_DEBUG("sds: delta request with stale nonce '%s'", printable(rn, p, sizeof p));
+            LOG_DEBUG("sds: delta request with stale nonce '%s'", sds_printable(rn, p, sizeof p));
         } else if (req->error_detail) {
             svc->st.nacks++;
             LOG_WARN("sds: client rejected delta response %s (code %d): %s", s->nonce,
-                     (int)req->error_detail->code, printable(req->error_detail->message, p, sizeof p));
+                     (int)req->error_detail->code, sds_printable(req->error_detail->message, p, sizeof p));
         } else {
             svc->st.acks++;
         }
@@ -577,8 +583,8 @@ static void on_fetch_start(rpc_call *call, const ProtobufCMessage *m, void *ctx)
     rpc_code code = RPC_OK;
     const char *why = NULL;
 
-    if (!type_url_ok(req->type_url)) {
-        snprintf(msg, sizeof msg, "unsupported type_url '%s'", printable(req->type_url, p, sizeof p));
+    if (!sds_type_url_ok(req->type_url)) {
+        snprintf(msg, sizeof msg, "unsupported type_url '%s'", sds_printable(req->type_url, p, sizeof p));
         code = RPC_INVALID_ARGUMENT;
         why = msg;
         goto out;
@@ -624,9 +630,9 @@ static void on_fetch_start(rpc_call *call, const ProtobufCMessage *m, void *ctx)
         for (size_t k = 0; k < i && !dup; k++) dup = strcmp(req->resource_names[k], name) == 0;
         if (dup) continue;
         sds_digest d;
-        if (strnlen(name, SDS_NAME_MAX + 1) > SDS_NAME_MAX ||
+        if (!sds_name_len_ok(name) ||
             !mid_is_ok(sds_secret_digest(v, name, &d))) {
-            snprintf(msg, sizeof msg, "unknown resource name %s", printable(name, p, sizeof p));
+            snprintf(msg, sizeof msg, "unknown resource name %s", sds_printable(name, p, sizeof p));
             code = RPC_INVALID_ARGUMENT;
             why = msg;
             svc->st.unknown_names++;
