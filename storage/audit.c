@@ -4,6 +4,7 @@
 
 #include <jansson.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -154,15 +155,28 @@ out:
     return r;
 }
 
+/* SHA-256, fetched from the default provider once per process.
+ * EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) would fetch it again for every
+ * event: a name lookup under OpenSSL's global store lock, which showed up in
+ * the writer thread's profile (and is contended by every issuing thread).
+ * A fetched EVP_MD is immutable and may be shared by threads; it is kept
+ * until exit. NULL if the fetch failed (audit_hash then fails cleanly). */
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void) { sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL); }
+
 MID_RESULT audit_hash(const store_audit_event *ev, const uint8_t prev[STORE_HASH_LEN],
                       uint8_t out[STORE_HASH_LEN])
 {
     mid_result r = MID_OK_RESULT;
     sink s = {0};
     unsigned int n = 0;
+    MID_CHECK(r, pthread_once(&sha256_once, sha256_fetch) == 0 && sha256_md != NULL,
+              MID_E_CRYPTO, "SHA-256 is not available");
     s.md = EVP_MD_CTX_new();
     MID_CHECK(r, s.md != NULL, MID_E_NOMEM, "out of memory (digest context)");
-    MID_CHECK_OSSL(r, EVP_DigestInit_ex(s.md, EVP_sha256(), NULL), MID_E_CRYPTO,
+    MID_CHECK_OSSL(r, EVP_DigestInit_ex(s.md, sha256_md, NULL), MID_E_CRYPTO,
                    "SHA-256 init failed");
     sink_put(&s, prev, STORE_HASH_LEN);
     MID_TRY(r, serialize(&s, ev));
