@@ -1,5 +1,7 @@
 /* ca_issue: one X.509-SVID from a SPIFFE ID and a CSR (or a key generated
  * here), recorded in the store with its audit event before it is returned.
+ * The per-certificate part (ca_issue_prepare, ca_issue_refused; see
+ * ca/issue_int.h) is shared with ca_issue_batch (ca/batch.c).
  * Reads the `ca` handle only, so any number of threads may issue at once. */
 #include <jansson.h>
 #include <openssl/crypto.h>
@@ -10,6 +12,7 @@
 #include "ca/ca.h"
 #include "ca/ca_int.h"
 #include "ca/csr.h"
+#include "ca/issue_int.h"
 #include "ca/keys.h"
 #include "ca/x509.h"
 #include "identity/spiffe_id.h"
@@ -40,19 +43,9 @@ void ca_svid_free(ca_svid *s)
     free(s);
 }
 
-/* Everything one issuance holds; released by issue_state_clear. */
-typedef struct {
-    spiffe_id *id;
-    ca_csr *csr;
-    EVP_PKEY *generated;
-    X509 *leaf;
-    char *leaf_pem;
-    char *details;
-    ca_svid *svid;
-} issue_state;
-
-static void issue_state_clear(issue_state *s)
+void ca_issue_prep_clear(ca_issue_prep *s)
 {
+    if (s == NULL) return;
     spiffe_id_free(s->id);
     ca_csr_free(s->csr);
     EVP_PKEY_free(s->generated);
@@ -60,6 +53,14 @@ static void issue_state_clear(issue_state *s)
     free(s->leaf_pem);
     free(s->details);
     ca_svid_free(s->svid);
+    memset(s, 0, sizeof *s);
+}
+
+ca_svid *ca_issue_prep_take(ca_issue_prep *p)
+{
+    ca_svid *s = p->svid;
+    p->svid = NULL;
+    return s;
 }
 
 static mid_result check_dns(const ca_issue_req *req)
@@ -102,20 +103,19 @@ static mid_result build_details(const ca *c, const ca_issue_req *req, int64_t no
     return mid_ok();
 }
 
-static mid_result issue(ca *c, const ca_issue_req *req, ca_svid **out)
+MID_RESULT ca_issue_prepare(ca *c, const ca_issue_req *req, ca_issue_prep *s)
 {
     mid_result r = MID_OK_RESULT;
-    issue_state s = {0};
-    char serial[CA_SERIAL_HEX_LEN + 1], fp[CA_FP_HEX_LEN + 1];
+    char *serial = s->serial, *fp = s->fp;
 
     MID_CHECK(r, req->spiffe_id != NULL && req->spiffe_id[0] != '\0', MID_E_INVALID,
               "no SPIFFE ID requested");
-    MID_TRY(r, spiffe_id_parse(req->spiffe_id, strnlen(req->spiffe_id, SPIFFE_ID_MAX + 1), &s.id));
-    MID_CHECK(r, spiffe_id_is_workload(s.id), MID_E_INVALID,
+    MID_TRY(r, spiffe_id_parse(req->spiffe_id, strnlen(req->spiffe_id, SPIFFE_ID_MAX + 1), &s->id));
+    MID_CHECK(r, spiffe_id_is_workload(s->id), MID_E_INVALID,
               "%s has no path: an X.509-SVID needs a workload SPIFFE ID like "
-              "spiffe://%s/service", spiffe_id_str(s.id), spiffe_id_trust_domain(s.id));
-    MID_CHECK(r, spiffe_id_member_of(s.id, c->trust_domain), MID_E_DENIED,
-              "%s is not in trust domain %s", spiffe_id_str(s.id), c->trust_domain);
+              "spiffe://%s/service", spiffe_id_str(s->id), spiffe_id_trust_domain(s->id));
+    MID_CHECK(r, spiffe_id_member_of(s->id, c->trust_domain), MID_E_DENIED,
+              "%s is not in trust domain %s", spiffe_id_str(s->id), c->trust_domain);
     MID_CHECK(r, req->ttl >= 0, MID_E_INVALID, "negative TTL");
     int64_t ttl = req->ttl == 0 ? CA_SVID_TTL_DEFAULT : req->ttl;
     if (ttl > CA_SVID_TTL_MAX) ttl = CA_SVID_TTL_MAX;
@@ -126,13 +126,13 @@ static mid_result issue(ca *c, const ca_issue_req *req, ca_svid **out)
      * same bytes. */
     const ca_spki *spki = NULL;
     if (req->csr != NULL) {
-        MID_TRY(r, ca_csr_intake(req->csr, req->csr_len, spiffe_id_str(s.id), &s.csr));
-        spki = ca_csr_spki(s.csr);
+        MID_TRY(r, ca_csr_intake(req->csr, req->csr_len, spiffe_id_str(s->id), &s->csr));
+        spki = ca_csr_spki(s->csr);
         MID_TRY(r, ca_key_fingerprint_spki(spki->der, spki->der_len, fp));
     } else {
         ca_key_type kt = req->key_type == 0 ? CA_KEY_EC_P256 : req->key_type;
-        MID_TRY(r, ca_key_generate(kt, &s.generated));
-        MID_TRY(r, ca_key_fingerprint(s.generated, fp));
+        MID_TRY(r, ca_key_generate(kt, &s->generated));
+        MID_TRY(r, ca_key_fingerprint(s->generated, fp));
     }
 
     /* Backdated for clock skew; never before the issuer's notBefore, never
@@ -145,45 +145,39 @@ static mid_result issue(ca *c, const ca_issue_req *req, ca_svid **out)
     MID_CHECK(r, na > now, MID_E_STATE, "signing authority %s has expired", c->authority_id);
 
     ca_x509_svid_params p = {
-        .pubkey = s.generated, .spki = spki, .spiffe_id = spiffe_id_str(s.id), .dns = req->dns, .n_dns = req->n_dns,
+        .pubkey = s->generated, .spki = spki, .spiffe_id = spiffe_id_str(s->id), .dns = req->dns, .n_dns = req->n_dns,
         .not_before = nb, .not_after = na, .issuer_name = c->issuer_name,
         .issuer_key_id = c->issuer_key_id, .issuer_key = c->key,
     };
-    MID_TRY(r, ca_x509_build_svid(&p, &s.leaf, serial));
-    MID_TRY(r, ca_x509_append_pem(s.leaf, &s.leaf_pem));
-    MID_TRY(r, build_details(c, req, na, ttl, fp, &s.details));
+    MID_TRY(r, ca_x509_build_svid(&p, &s->leaf, serial));
+    MID_TRY(r, ca_x509_append_pem(s->leaf, &s->leaf_pem));
+    MID_TRY(r, build_details(c, req, na, ttl, fp, &s->details));
 
-    s.svid = calloc(1, sizeof *s.svid);
-    MID_CHECK_MEM(r, s.svid);
-    memcpy(s.svid->serial, serial, sizeof serial);
-    s.svid->not_after = na;
-    s.svid->spiffe_id = strdup(spiffe_id_str(s.id));
-    MID_CHECK_MEM(r, s.svid->spiffe_id);
-    size_t leaf_len = strlen(s.leaf_pem), chain_len = strlen(c->chain_pem);
-    s.svid->chain_pem = malloc(leaf_len + chain_len + 1);
-    MID_CHECK_MEM(r, s.svid->chain_pem);
-    memcpy(s.svid->chain_pem, s.leaf_pem, leaf_len);
-    memcpy(s.svid->chain_pem + leaf_len, c->chain_pem, chain_len + 1);
-    if (s.generated != NULL)
-        MID_TRY(r, ca_key_to_pem(s.generated, &s.svid->key_pem, &s.svid->key_len));
+    s->svid = calloc(1, sizeof *s->svid);
+    MID_CHECK_MEM(r, s->svid);
+    memcpy(s->svid->serial, serial, sizeof s->svid->serial);
+    s->svid->not_after = na;
+    s->svid->spiffe_id = strdup(spiffe_id_str(s->id));
+    MID_CHECK_MEM(r, s->svid->spiffe_id);
+    size_t leaf_len = strlen(s->leaf_pem), chain_len = strlen(c->chain_pem);
+    s->svid->chain_pem = malloc(leaf_len + chain_len + 1);
+    MID_CHECK_MEM(r, s->svid->chain_pem);
+    memcpy(s->svid->chain_pem, s->leaf_pem, leaf_len);
+    memcpy(s->svid->chain_pem + leaf_len, c->chain_pem, chain_len + 1);
+    if (s->generated != NULL)
+        MID_TRY(r, ca_key_to_pem(s->generated, &s->svid->key_pem, &s->svid->key_len));
 
-    store_cert cert = {
-        .serial = serial, .spiffe_id = spiffe_id_str(s.id), .key_fp = fp, .not_before = nb,
+    s->cert = (store_cert){
+        .serial = serial, .spiffe_id = spiffe_id_str(s->id), .key_fp = fp, .not_before = nb,
         .not_after = na, .authority_id = c->authority_id, .status = "valid", .issued_at = now,
-        .cert_pem = s.leaf_pem,
+        .cert_pem = s->leaf_pem,
     };
-    store_audit_event ev = {
+    s->ev = (store_audit_event){
         .actor = req->actor != NULL ? req->actor : "system", .event = "svid.issue",
-        .spiffe_id = spiffe_id_str(s.id), .serial = serial, .outcome = "ok",
-        .details = s.details,
+        .spiffe_id = spiffe_id_str(s->id), .serial = serial, .outcome = "ok",
+        .details = s->details,
     };
-    /* The certificate leaves this function only once its row and its audit
-     * event are durable. */
-    MID_TRY(r, store_cert_insert(c->st, &cert, &ev));
-    *out = s.svid;
-    s.svid = NULL;
 out:
-    issue_state_clear(&s);
     return r;
 }
 
@@ -220,11 +214,8 @@ static void audit_refusal(ca *c, const ca_issue_req *req, mid_err err, const cha
     free(details);
 }
 
-MID_RESULT ca_issue(ca *c, const ca_issue_req *req, ca_svid **out)
+mid_result ca_issue_refused(ca *c, const ca_issue_req *req, mid_result r)
 {
-    MID_ENSURE(c != NULL && req != NULL && out != NULL, MID_E_INVALID, "missing arguments");
-    mid_result r = issue(c, req, out);
-    if (mid_is_ok(r)) return r;
     /* Auditing may overwrite this thread's last error: keep the original. */
     mid_err err = r.err;
     const char *file = mid_errfile();
@@ -233,4 +224,17 @@ MID_RESULT ca_issue(ca *c, const ca_issue_req *req, ca_svid **out)
     snprintf(msg, sizeof msg, "%s", mid_errmsg());
     audit_refusal(c, req, err, msg);
     return mid_fail(err, file, line, "%s", msg);
+}
+
+MID_RESULT ca_issue(ca *c, const ca_issue_req *req, ca_svid **out)
+{
+    MID_ENSURE(c != NULL && req != NULL && out != NULL, MID_E_INVALID, "missing arguments");
+    ca_issue_prep p = {0};
+    mid_result r = ca_issue_prepare(c, req, &p);
+    /* The certificate leaves this function only once its row and its audit
+     * event are durable. */
+    if (mid_is_ok(r)) r = store_cert_insert(c->st, &p.cert, &p.ev);
+    if (mid_is_ok(r)) *out = ca_issue_prep_take(&p);
+    ca_issue_prep_clear(&p);
+    return mid_is_ok(r) ? r : ca_issue_refused(c, req, r);
 }

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ca/batch.h"
 #include "identity/join_token.h"
 #include "identity/spiffe_id.h"
 #include "lib/log.h"
@@ -719,15 +720,31 @@ static void batch_actor(const char *agent, const store_entry *e, char *out, size
     }
 }
 
-static void item_work(void *arg)
+/* One workpool job of a batch: a slice of the items, signed on one worker
+ * and recorded with one store request (ca_issue_batch), so a batch uses
+ * every core and pays the durable write once per slice, not per item. */
+typedef struct {
+    node_op *op;
+    size_t *idx; /* the items of op->items this job answers */
+    size_t n;
+} batch_chunk;
+
+/* Per item of a chunk while it runs: the entry that authorises it and the
+ * audit actor built from it. */
+typedef struct {
+    store_entry_row row;
+    char *actor;
+} item_ctx;
+
+/* Looks up the item's entry and checks it belongs to the calling agent;
+ * false (item answered and, for a refusal, audited) when it cannot be
+ * signed. On true, x->row and x->actor are set. */
+static bool item_check(batch_item *it, item_ctx *x)
 {
-    batch_item *it = arg;
     node_op *op = it->op;
     node_service *ns = op->ns;
     char refuse_actor[SPIFFE_ID_MAX + 16];
     snprintf(refuse_actor, sizeof refuse_actor, "agent:%s", op->agent);
-    char *actor = NULL;
-    ca_svid *svid = NULL;
     store_entry_row row = {0};
     char eid[STORE_ENTRY_ID_MAX + 1];
     sanitize(it->entry_id, strlen(it->entry_id), eid, sizeof eid);
@@ -755,30 +772,84 @@ static void item_work(void *arg)
         free(d);
         goto out;
     }
-    actor = malloc(STORE_AUDIT_TEXT_MAX);
-    if (!actor) {
+    x->actor = malloc(STORE_AUDIT_TEXT_MAX);
+    if (!x->actor) {
         it->code = RPC_RESOURCE_EXHAUSTED;
         snprintf(it->msg, MSG_MAX, "out of memory");
         goto out;
     }
-    batch_actor(op->agent, &row.e, actor, STORE_AUDIT_TEXT_MAX);
-    ca_issue_req req = {.spiffe_id = row.e.spiffe_id, .csr = it->csr, .csr_len = it->csr_len,
-                        .ttl = row.e.ttl_seconds, .dns = row.e.dns_names,
-                        .n_dns = row.e.n_dns_names, .actor = actor};
-    r = ca_issue(ns->o.ca, &req, &svid);
+    batch_actor(op->agent, &row.e, x->actor, STORE_AUDIT_TEXT_MAX);
+    x->row = row;
+    return true;
+out:
+    store_entry_row_clear(&row);
+    return false;
+}
+
+/* Answers one signed (or refused) item from ca_issue_batch's outcome. */
+static void item_answer(batch_item *it, ca_svid *svid, mid_result r, const char *msg)
+{
     if (!mid_is_ok(r)) {
+        /* set_failure reads the message from the thread's last error */
+        mid_result e = mid_fail(r.err, __FILE__, __LINE__, "%s", msg);
+        (void)e;
         set_failure((rpc_code *)&it->code, it->msg, r.err, "signing");
-        goto out;
+        return;
     }
     it->chain_pem = strdup(ca_svid_chain_pem(svid));
     if (!it->chain_pem) {
         it->code = RPC_RESOURCE_EXHAUSTED;
         snprintf(it->msg, MSG_MAX, "out of memory");
     }
+}
+
+static void chunk_work(void *arg)
+{
+    batch_chunk *ch = arg;
+    node_op *op = ch->op;
+    size_t n = ch->n, k = 0;
+    item_ctx *x = calloc(n, sizeof *x);
+    ca_issue_req *req = calloc(n, sizeof *req);
+    size_t *at = calloc(n, sizeof *at); /* req[j] is item ch->idx[at[j]] */
+    ca_svid **out = calloc(n, sizeof *out);
+    mid_result *res = calloc(n, sizeof *res);
+    ca_batch_msg *msgs = calloc(n, sizeof *msgs);
+    if (!x || !req || !at || !out || !res || !msgs) {
+        for (size_t i = 0; i < n; i++) {
+            op->items[ch->idx[i]].code = RPC_RESOURCE_EXHAUSTED;
+            snprintf(op->items[ch->idx[i]].msg, MSG_MAX, "out of memory");
+        }
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        batch_item *it = &op->items[ch->idx[i]];
+        if (!item_check(it, &x[i])) continue;
+        req[k] = (ca_issue_req){.spiffe_id = x[i].row.e.spiffe_id, .csr = it->csr,
+                                .csr_len = it->csr_len, .ttl = x[i].row.e.ttl_seconds,
+                                .dns = x[i].row.e.dns_names, .n_dns = x[i].row.e.n_dns_names,
+                                .actor = x[i].actor};
+        at[k++] = i;
+    }
+    if (k > 0) {
+        /* Per-item outcomes are in res[]; the summary adds nothing. */
+        mid_result all = ca_issue_batch_msgs(op->ns->o.ca, req, k, out, res, msgs);
+        (void)all;
+        for (size_t j = 0; j < k; j++) {
+            item_answer(&op->items[ch->idx[at[j]]], out[j], res[j], msgs[j].msg);
+            ca_svid_free(out[j]);
+        }
+    }
 out:
-    free(actor);
-    ca_svid_free(svid);
-    store_entry_row_clear(&row);
+    for (size_t i = 0; x && i < n; i++) {
+        free(x[i].actor);
+        store_entry_row_clear(&x[i].row);
+    }
+    free(x);
+    free(req);
+    free(at);
+    free(out);
+    free(res);
+    free(msgs);
 }
 
 static void batch_reply(node_op *op)
@@ -809,16 +880,64 @@ static void batch_reply(node_op *op)
     reply(call, &resp.base);
 }
 
-static void item_done(void *arg, bool ran)
+static void chunk_done(void *arg, bool ran)
 {
-    batch_item *it = arg;
-    node_op *op = it->op;
-    if (!ran) {
+    batch_chunk *ch = arg;
+    node_op *op = ch->op;
+    for (size_t i = 0; !ran && i < ch->n; i++) {
+        batch_item *it = &op->items[ch->idx[i]];
         it->code = RPC_UNAVAILABLE;
         snprintf(it->msg, MSG_MAX, "server shutting down");
     }
+    free(ch->idx);
+    free(ch);
     if (!op_job_done(op)) return;
     if (op->jobs == 0) batch_reply(op);
+}
+
+/* Splits the items still unanswered (code RPC_OK) into one chunk per worker
+ * thread, at most CA_BATCH_MAX each, and queues them. A chunk that cannot
+ * be queued answers its items "server busy". */
+static void batch_submit_chunks(node_op *op)
+{
+    size_t todo = 0;
+    for (size_t i = 0; i < op->n_items; i++) todo += op->items[i].code == RPC_OK;
+    if (todo == 0) return;
+    size_t threads = workpool_threads(op->ns->o.wp);
+    size_t chunks = threads < todo ? threads : todo;
+    if (chunks == 0) chunks = 1;
+    if ((todo + chunks - 1) / chunks > CA_BATCH_MAX)
+        chunks = (todo + CA_BATCH_MAX - 1) / CA_BATCH_MAX;
+    size_t next = 0; /* next item to place */
+    for (size_t c = 0; c < chunks; c++) {
+        /* spread the remainder over the first chunks */
+        size_t want = todo / chunks + (c < todo % chunks), got = 0;
+        batch_chunk *ch = calloc(1, sizeof *ch);
+        size_t *idx = calloc(want, sizeof *idx);
+        bool queued = false;
+        if (ch != NULL && idx != NULL) {
+            for (; next < op->n_items && got < want; next++)
+                if (op->items[next].code == RPC_OK) idx[got++] = next;
+            *ch = (batch_chunk){.op = op, .idx = idx, .n = got};
+            queued = submit(op, chunk_work, chunk_done, ch);
+        }
+        if (queued) continue;
+        /* Answer this chunk's items here: the ones placed, or (out of
+         * memory) the next `want` unanswered ones. */
+        for (; idx == NULL && next < op->n_items && got < want; next++)
+            if (op->items[next].code == RPC_OK) {
+                op->items[next].code = RPC_RESOURCE_EXHAUSTED;
+                snprintf(op->items[next].msg, MSG_MAX, "out of memory");
+                got++;
+            }
+        for (size_t i = 0; idx != NULL && i < got; i++) {
+            batch_item *it = &op->items[idx[i]];
+            it->code = ch ? RPC_UNAVAILABLE : RPC_RESOURCE_EXHAUSTED;
+            snprintf(it->msg, MSG_MAX, ch ? "server busy, retry later" : "out of memory");
+        }
+        free(idx);
+        free(ch);
+    }
 }
 
 static void batch_start(rpc_call *call, const ProtobufCMessage *m, void *ctx)
@@ -861,7 +980,7 @@ static void batch_start(rpc_call *call, const ProtobufCMessage *m, void *ctx)
         it->csr_len = sr->csr.len;
         if (!it->entry_id || !it->csr) {
             finish(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
-            return; /* jobs already queued finish; the op is freed by the last */
+            return; /* no job queued yet: the call's on_done frees the op */
         }
         if (sr->entry_id[0] == '\0' || strlen(sr->entry_id) > STORE_ENTRY_ID_MAX) {
             it->code = RPC_INVALID_ARGUMENT;
@@ -870,11 +989,9 @@ static void batch_start(rpc_call *call, const ProtobufCMessage *m, void *ctx)
             it->code = RPC_INVALID_ARGUMENT;
             snprintf(it->msg, MSG_MAX, "request %zu: a CSR of 1..%d bytes is required", i,
                      CA_CSR_MAX);
-        } else if (!submit(op, item_work, item_done, it)) {
-            it->code = RPC_UNAVAILABLE;
-            snprintf(it->msg, MSG_MAX, "server busy, retry later");
         }
     }
+    batch_submit_chunks(op);
     if (op->jobs == 0) batch_reply(op);
 }
 

@@ -38,6 +38,7 @@ typedef enum {
     REQ_AUTHORITY_PUT,
     REQ_AUTHORITY_STATE,
     REQ_CERT_INSERT,
+    REQ_CERT_MANY,
     REQ_ENTRY_CREATE,
     REQ_ENTRY_DELETE,
     REQ_TOKEN_CREATE,
@@ -56,6 +57,15 @@ typedef struct {
     char msg[STORE_ERRMSG_MAX];
 } carried_err;
 
+/* One certificate of a REQ_CERT_MANY request, with its own outcome. */
+typedef struct {
+    store_cert cert; /* defaults applied */
+    int has_ev;
+    store_audit_event ev; /* normalized; seq, ts_ms and hashes set when applied */
+    size_t index;         /* position in the caller's arrays */
+    carried_err res;
+} cert_item;
+
 typedef struct store_req store_req;
 struct store_req {
     req_kind kind;
@@ -72,6 +82,8 @@ struct store_req {
     const char *serial;     /* REQ_AGENT_RENEW */
     int64_t now, not_after; /* REQ_TOKEN_CONSUME, REQ_AGENT_RENEW, REQ_AGENT_TOUCH */
     int banned;             /* REQ_AGENT_BAN */
+    cert_item *items;       /* REQ_CERT_MANY: each applied in its own savepoint */
+    size_t n_items;
     /* filled by the writer for the caller to own (cleared by it on failure) */
     store_entry_row *entry_out;      /* REQ_ENTRY_DELETE, may be NULL */
     store_join_token_row *token_out; /* REQ_TOKEN_CONSUME, may be NULL */
@@ -200,6 +212,7 @@ static MID_RESULT be_apply(store *st, store_req *rq)
     case REQ_AUTHORITY_STATE:
         return st->vt->authority_set_state(st->wconn, rq->id, rq->from_state, rq->to_state);
     case REQ_CERT_INSERT: return st->vt->cert_insert(st->wconn, &rq->cert);
+    case REQ_CERT_MANY: break; /* apply_many */
     case REQ_ENTRY_CREATE: return be_entry_create(st, rq);
     case REQ_ENTRY_DELETE: return be_entry_delete(st, rq);
     case REQ_TOKEN_CREATE: return st->vt->join_token_insert(st->wconn, &rq->token);
@@ -220,6 +233,53 @@ static MID_RESULT be_audit_insert(store *st, const store_audit_event *ev)
 
 /* ---- the writer --------------------------------------------------------------- */
 
+/* Chains `ev` after (*seq, hash) and inserts it; on success (*seq, hash)
+ * become the event's. */
+static MID_RESULT append_event(store *st, store_audit_event *ev, int64_t *seq,
+                               uint8_t hash[STORE_HASH_LEN])
+{
+    ev->seq = *seq + 1;
+    if (ev->ts_ms == 0) ev->ts_ms = time_now_ms();
+    memcpy(ev->prev_hash, hash, STORE_HASH_LEN);
+    MID_GUARD(audit_hash(ev, hash, ev->hash));
+    MID_GUARD(be_audit_insert(st, ev));
+    *seq = ev->seq;
+    memcpy(hash, ev->hash, STORE_HASH_LEN);
+    return MID_OK_RESULT;
+}
+
+/* Ends a request's savepoint: kept when `r` is OK, else undone with the
+ * error carried to `res`. Non-OK only when the transaction is in doubt. */
+static MID_RESULT end_savepoint(store *st, mid_result r, carried_err *res)
+{
+    if (mid_is_ok(r)) r = be_release(st);
+    if (mid_is_ok(r)) return MID_OK_RESULT;
+    carry_current(res);
+    return be_rollback_to(st);
+}
+
+/* REQ_CERT_MANY: every certificate in its own savepoint, so a refused one
+ * is undone alone and the others (and the head) carry on. */
+static MID_RESULT apply_many(store *st, store_req *rq, int64_t *head_seq,
+                             uint8_t head_hash[STORE_HASH_LEN])
+{
+    for (size_t i = 0; i < rq->n_items; i++) {
+        cert_item *it = &rq->items[i];
+        int64_t seq = *head_seq;
+        uint8_t hash[STORE_HASH_LEN];
+        memcpy(hash, head_hash, STORE_HASH_LEN);
+        MID_GUARD(be_savepoint(st));
+        mid_result r = fault_check(st, STORE_FAULT_APPLY);
+        if (mid_is_ok(r)) r = st->vt->cert_insert(st->wconn, &it->cert);
+        if (mid_is_ok(r) && it->has_ev) r = append_event(st, &it->ev, &seq, hash);
+        MID_GUARD(end_savepoint(st, r, &it->res));
+        if (!mid_is_ok(r)) continue;
+        *head_seq = seq;
+        memcpy(head_hash, hash, STORE_HASH_LEN);
+    }
+    return MID_OK_RESULT;
+}
+
 /* Applies one request inside its savepoint. On success the head advances to
  * the request's event. On a request error the savepoint is undone, the
  * error is stored in rq->res and OK is returned; a non-OK return means the
@@ -227,6 +287,7 @@ static MID_RESULT be_audit_insert(store *st, const store_audit_event *ev)
 static MID_RESULT apply_one(store *st, store_req *rq, int64_t *head_seq,
                             uint8_t head_hash[STORE_HASH_LEN])
 {
+    if (rq->kind == REQ_CERT_MANY) return apply_many(st, rq, head_seq, head_hash);
     int64_t seq = *head_seq;
     uint8_t hash[STORE_HASH_LEN];
     memcpy(hash, head_hash, STORE_HASH_LEN);
@@ -234,34 +295,30 @@ static MID_RESULT apply_one(store *st, store_req *rq, int64_t *head_seq,
     mid_result r = MID_OK_RESULT;
     for (store_req *q = rq; q != NULL && mid_is_ok(r); q = q->also) {
         r = be_apply(st, q);
-        if (mid_is_ok(r) && q->has_ev) {
-            q->ev.seq = seq + 1;
-            if (q->ev.ts_ms == 0) q->ev.ts_ms = time_now_ms();
-            memcpy(q->ev.prev_hash, hash, STORE_HASH_LEN);
-            r = audit_hash(&q->ev, hash, q->ev.hash);
-            if (mid_is_ok(r)) r = be_audit_insert(st, &q->ev);
-            if (mid_is_ok(r)) {
-                seq = q->ev.seq;
-                memcpy(hash, q->ev.hash, STORE_HASH_LEN);
-            }
-        }
+        if (mid_is_ok(r) && q->has_ev) r = append_event(st, &q->ev, &seq, hash);
     }
-    if (mid_is_ok(r)) r = be_release(st);
-    if (!mid_is_ok(r)) {
-        carry_current(&rq->res);
-        MID_GUARD(be_rollback_to(st));
-        return MID_OK_RESULT;
-    }
+    MID_GUARD(end_savepoint(st, r, &rq->res));
+    if (!mid_is_ok(r)) return MID_OK_RESULT;
     *head_seq = seq;
     memcpy(head_hash, hash, STORE_HASH_LEN);
     return MID_OK_RESULT;
 }
 
-/* Fails every request of the batch that has no error of its own yet. */
+/* Records a request carries: its certificates, or 1. */
+static size_t req_records(const store_req *rq)
+{
+    return rq->kind == REQ_CERT_MANY ? rq->n_items : 1;
+}
+
+/* Fails every request (and certificate of a REQ_CERT_MANY) of the batch
+ * that has no error of its own yet. */
 static void fail_pending(store_req **b, size_t n, const carried_err *e)
 {
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         if (b[i]->res.err == MID_E_OK) b[i]->res = *e;
+        for (size_t k = 0; k < b[i]->n_items; k++)
+            if (b[i]->items[k].res.err == MID_E_OK) b[i]->items[k].res = *e;
+    }
 }
 
 /* One group commit. Returns 1 when the batch committed. */
@@ -271,7 +328,10 @@ static int run_batch(store *st, store_req **b, size_t n)
     int64_t head_seq = 0;
     uint8_t head_hash[STORE_HASH_LEN];
 
-    for (size_t i = 0; i < n; i++) b[i]->res.err = MID_E_OK;
+    for (size_t i = 0; i < n; i++) {
+        b[i]->res.err = MID_E_OK;
+        for (size_t k = 0; k < b[i]->n_items; k++) b[i]->items[k].res.err = MID_E_OK;
+    }
     mid_result r = be_begin(st);
     int in_txn = mid_is_ok(r);
     if (in_txn) r = be_write_head(st, &head_seq, head_hash);
@@ -297,10 +357,15 @@ static void *writer_main(void *arg)
         while (!st->stopping && (st->qlen == 0 || st->paused))
             pthread_cond_wait(&st->cv_work, &st->mu);
         if (st->qlen == 0) break; /* stopping and drained */
-        size_t n = st->qlen < (size_t)st->max_batch ? st->qlen : (size_t)st->max_batch;
-        for (size_t i = 0; i < n; i++) {
-            st->batch[i] = st->queue[st->qhead];
+        /* At most max_batch records per transaction (a multi-certificate
+         * request counts its certificates), but always at least one request. */
+        size_t n = 0, records = 0;
+        while (n < st->qlen && n < (size_t)st->max_batch) {
+            size_t w = req_records(st->queue[st->qhead]);
+            if (n > 0 && records + w > (size_t)st->max_batch) break;
+            st->batch[n++] = st->queue[st->qhead];
             st->qhead = (st->qhead + 1) % st->qcap;
+            records += w;
         }
         st->qlen -= n;
         pthread_cond_broadcast(&st->cv_space);
@@ -309,15 +374,17 @@ static void *writer_main(void *arg)
         int committed = run_batch(st, st->batch, n);
 
         pthread_mutex_lock(&st->mu);
-        st->stats.writes += n;
+        st->stats.writes += records;
         if (committed)
             st->stats.transactions++;
         else
             st->stats.commit_failures++;
-        if (n > st->stats.max_batch_seen) st->stats.max_batch_seen = n;
+        if (records > st->stats.max_batch_seen) st->stats.max_batch_seen = records;
         for (size_t i = 0; i < n; i++) {
             store_req *rq = st->batch[i];
-            if (rq->res.err != MID_E_OK) st->stats.writes_failed++;
+            if (rq->kind != REQ_CERT_MANY && rq->res.err != MID_E_OK) st->stats.writes_failed++;
+            for (size_t k = 0; k < rq->n_items; k++)
+                if (rq->items[k].res.err != MID_E_OK) st->stats.writes_failed++;
             rq->done = 1;
             pthread_cond_signal(&rq->cv); /* rq may vanish once mu is released */
         }
@@ -602,6 +669,62 @@ MID_RESULT store_cert_insert(store *st, const store_cert *c, const store_audit_e
     if (rq.cert.issued_at == 0) rq.cert.issued_at = time_now();
     MID_GUARD(req_set_event(&rq, ev));
     return submit(st, &rq);
+}
+
+MID_RESULT store_cert_insert_many(store *st, const store_cert *certs, const store_audit_event *evs,
+                                  size_t n, mid_result *results)
+{
+    MID_GUARD(check_store(st));
+    MID_ENSURE(certs != NULL && results != NULL, MID_E_INVALID, "certificates are required");
+    MID_ENSURE(n >= 1 && n <= STORE_CERT_MANY_MAX, MID_E_INVALID,
+               "between 1 and %d certificates per write", STORE_CERT_MANY_MAX);
+    cert_item *items = calloc(n, sizeof *items);
+    MID_ENSURE_MEM(items);
+    carried_err first = {.err = MID_E_OK}; /* the failure of the lowest index */
+    size_t first_idx = SIZE_MAX, k = 0;
+    /* Malformed input is refused here, on the caller's thread, as
+     * store_cert_insert would; only the rest is queued. */
+    for (size_t i = 0; i < n; i++) {
+        cert_item *it = &items[k];
+        mid_result r = check_cert(&certs[i]);
+        if (mid_is_ok(r) && evs != NULL) r = audit_validate(&evs[i]);
+        results[i] = r;
+        if (!mid_is_ok(r)) {
+            if (i < first_idx) {
+                carry_current(&first);
+                first_idx = i;
+            }
+            continue;
+        }
+        it->cert = certs[i];
+        if (it->cert.issued_at == 0) it->cert.issued_at = time_now();
+        if (evs != NULL) {
+            audit_normalize(&evs[i], &it->ev);
+            it->has_ev = 1;
+        }
+        it->index = i;
+        k++;
+    }
+    if (k > 0) {
+        store_req rq = {.kind = REQ_CERT_MANY, .items = items, .n_items = k};
+        carried_err whole = {.err = MID_E_OK};
+        if (!mid_is_ok(submit(st, &rq))) carry_current(&whole);
+        /* A request that failed as a whole (closing store, failed commit)
+         * made nothing durable: every certificate without an error of its
+         * own fails with it. */
+        for (size_t j = 0; j < k; j++) {
+            cert_item *it = &items[j];
+            if (it->res.err == MID_E_OK && whole.err != MID_E_OK) it->res = whole;
+            results[it->index] = (mid_result){it->res.err};
+            if (it->res.err != MID_E_OK && it->index < first_idx) {
+                first = it->res;
+                first_idx = it->index;
+            }
+        }
+    }
+    free(items);
+    if (first.err == MID_E_OK) return MID_OK_RESULT;
+    return raise_carried(&first);
 }
 
 /* 16 random bytes as 32 lowercase hex digits. */

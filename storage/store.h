@@ -180,6 +180,23 @@ void store_cert_row_clear(store_cert_row *row);
  * MID_E_INVALID for an unknown authority_id or a malformed field. */
 MID_RESULT store_cert_insert(store *st, const store_cert *c, const store_audit_event *ev);
 
+#define STORE_CERT_MANY_MAX 256
+
+/* Records n (1..STORE_CERT_MANY_MAX) certificates, certs[i] with its audit
+ * event evs[i] (evs may be NULL only in tests), as ONE writer request: one
+ * queue entry, one transaction, one wake-up. Each certificate is applied in
+ * its own savepoint, so one that is refused (duplicate serial, unknown
+ * authority) does not fail the others. Returns only when every certificate
+ * that succeeded is durable. results[i] is certificate i's outcome, exactly
+ * what store_cert_insert would have returned for it (a certificate whose
+ * input is malformed is refused on the caller's thread and never queued).
+ * The return value is MID_E_OK when all n were recorded, otherwise the
+ * first failed certificate's error, which this thread's last error then
+ * describes. MID_E_INVALID, with nothing written and `results` untouched,
+ * for missing arguments or n out of range. */
+MID_RESULT store_cert_insert_many(store *st, const store_cert *certs, const store_audit_event *evs,
+                                  size_t n, mid_result *results);
+
 /* Reads one certificate by serial; MID_E_NOT_FOUND if absent. */
 MID_RESULT store_cert_get(store *st, const char *serial, store_cert_row *out);
 

@@ -161,11 +161,12 @@ const char *store_sqlite_migration_sql(int version);
 /* ---- observability and test hooks ------------------------------------------ */
 
 typedef struct {
-    uint64_t writes;          /* write requests processed by the writer */
+    uint64_t writes;          /* records written: one per request, one per certificate
+                                 of a store_cert_insert_many request */
     uint64_t writes_failed;   /* of which failed (own error or failed batch) */
     uint64_t transactions;    /* batches committed */
     uint64_t commit_failures; /* batches whose BEGIN, head read or COMMIT failed */
-    uint64_t max_batch_seen;  /* largest batch so far */
+    uint64_t max_batch_seen;  /* largest batch so far, in records */
     uint64_t queued;          /* requests waiting for the writer right now */
 } store_stats;
 

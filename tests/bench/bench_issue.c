@@ -15,6 +15,11 @@
  *                  for that row is the all-cores one (the CPUs are the same)
  *   BENCH_SECONDS  duration of each timed run (default 5)
  *
+ * A "batch" row has BENCH_THREADS threads each calling ca_issue_batch with
+ * BENCH_BATCH (32) pre-generated CSRs at a time: the shape of agents'
+ * BatchSignX509SVID calls as the server runs them (one store request per
+ * chunk), against the all-cores reference.
+ *
  * Exit status: 0 whatever the figures (timing is never asserted, machines are
  * noisy); 1 on a functional failure: an issuance failed, the store does not
  * hold exactly the certificates issued, or the audit chain is broken.
@@ -38,6 +43,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "ca/batch.h"
 #include "ca/ca.h"
 #include "lib/result.h"
 #include "lib/timeutil.h"
@@ -49,8 +55,9 @@
 #define BENCH_MAX_THREADS 1024
 #define BENCH_TARGET_PCT 50.0
 #define TMPFS_MAGIC_ 0x01021994
+#define BENCH_BATCH 32 /* CSRs per ca_issue_batch call in the batch row */
 
-typedef enum { WORK_REFERENCE, WORK_ISSUE } work_kind;
+typedef enum { WORK_REFERENCE, WORK_ISSUE, WORK_BATCH } work_kind;
 
 /* Per-thread fixture, prepared before any timed run. */
 typedef struct {
@@ -258,6 +265,34 @@ static int issue_op(ca *c, const worker_fixture *fx, char *err, size_t errcap)
     return 1;
 }
 
+/* One ca_issue_batch of the BENCH_BATCH fixtures starting at fx; returns the
+ * number issued (all of them, or the run fails). */
+static int batch_op(ca *c, const worker_fixture *fx, char *err, size_t errcap)
+{
+    ca_issue_req req[BENCH_BATCH];
+    ca_svid *out[BENCH_BATCH];
+    mid_result res[BENCH_BATCH];
+    for (int i = 0; i < BENCH_BATCH; i++)
+        req[i] = (ca_issue_req){
+            .spiffe_id = fx[i].spiffe_id,
+            .csr = fx[i].csr_der,
+            .csr_len = fx[i].csr_len,
+            .key_type = CA_KEY_EC_P256,
+            .ttl = 3600,
+            .actor = "bench",
+        };
+    mid_result r = ca_issue_batch(c, req, BENCH_BATCH, out, res);
+    int ok = 0;
+    for (int i = 0; i < BENCH_BATCH; i++) {
+        if (mid_is_ok(res[i])) ok++;
+        ca_svid_free(out[i]);
+    }
+    if (!mid_is_ok(r))
+        snprintf(err, errcap, "ca_issue_batch: %s: %s (%s:%d)", mid_errname(r.err), mid_errmsg(),
+                 mid_errfile(), mid_errline());
+    return ok;
+}
+
 static void *worker_main(void *arg)
 {
     worker *w = arg;
@@ -266,6 +301,14 @@ static void *worker_main(void *arg)
 
     pthread_barrier_wait(&run->start);
     while (!atomic_load_explicit(&run->stop, memory_order_relaxed)) {
+        if (run->kind == WORK_BATCH) {
+            int ok = batch_op(run->ca, w->fx, err, sizeof err);
+            w->ops += (uint64_t)ok;
+            if (ok == BENCH_BATCH) continue;
+            w->failures += (uint64_t)(BENCH_BATCH - ok);
+            snprintf(w->first_error, sizeof w->first_error, "%s", err);
+            break;
+        }
         int ok = run->kind == WORK_REFERENCE ? reference_op(w->fx->key, run->msg, err, sizeof err)
                                              : issue_op(run->ca, w->fx, err, sizeof err);
         if (ok) {
@@ -306,7 +349,8 @@ static int run_phase(work_kind kind, ca *c, const unsigned char *msg, worker_fix
     }
     for (started = 0; started < nthreads; started++) {
         w[started].run = &run;
-        w[started].fx = &fx[started];
+        /* a batch worker owns BENCH_BATCH consecutive fixtures */
+        w[started].fx = &fx[kind == WORK_BATCH ? started * BENCH_BATCH : started];
         if (pthread_create(&tid[started], NULL, worker_main, &w[started]) != 0) break;
     }
     if (started < nthreads) {
@@ -425,9 +469,11 @@ int main(void)
     int have_dir = 0;
     store *st = NULL;
     ca *c = NULL;
-    worker_fixture *fx = calloc((size_t)inflight, sizeof *fx);
+    /* enough CSRs for the server callers and for every batch thread */
+    long nfx = inflight > nthreads * BENCH_BATCH ? inflight : nthreads * BENCH_BATCH;
+    worker_fixture *fx = calloc((size_t)nfx, sizeof *fx);
     unsigned char msg[BENCH_MSG_LEN];
-    run_result ref1 = {0}, refn = {0}, iss1 = {0}, issn = {0}, issf = {0};
+    run_result ref1 = {0}, refn = {0}, iss1 = {0}, issn = {0}, issf = {0}, issb = {0};
 
     if (fx == NULL) {
         fprintf(stderr, "bench_issue: out of memory\n");
@@ -435,7 +481,7 @@ int main(void)
     }
     for (size_t i = 0; i < sizeof msg; i++) msg[i] = (unsigned char)(i * 131u + 7u);
 
-    if (!fixtures_make(fx, (int)inflight)) {
+    if (!fixtures_make(fx, (int)nfx)) {
         fail = 1;
         goto out;
     }
@@ -472,8 +518,8 @@ int main(void)
     printf("bench_issue: load average before the run %.2f\n", load[0]);
     fflush(stdout);
 
-    store_stats s0, s1, s2, s3;
-    batch_delta b1 = {0}, bn = {0}, bf = {0};
+    store_stats s0, s1, s2, s3, s4;
+    batch_delta b1 = {0}, bn = {0}, bf = {0}, bb = {0};
     if (!run_phase(WORK_REFERENCE, NULL, msg, fx, 1, seconds, &ref1)) {
         fail = 1;
         goto out;
@@ -503,6 +549,12 @@ int main(void)
     }
     store_stats_get(st, &s3);
     batch_diff(&s2, &s3, &bf);
+    if (!run_phase(WORK_BATCH, c, msg, fx, (int)nthreads, seconds, &issb)) {
+        fail = 1;
+        goto out;
+    }
+    store_stats_get(st, &s4);
+    batch_diff(&s3, &s4, &bb);
 
     printf("\n  Issuance throughput (EC P-256; reference = 1 ECDSA sign + 1 verify, SHA-256)\n");
     printf("  %-9s %7s %16s %18s %10s   %s\n", "run", "threads", "reference ops/s",
@@ -517,15 +569,20 @@ int main(void)
     print_row("server", (int)inflight, &refn, &issf);
     printf("  (server: %ld concurrent callers on %ld CPUs against the %ld-thread reference)\n",
            inflight, ncpu, nthreads);
+    print_row("batch", (int)nthreads, &refn, &issb);
+    printf("  (batch: %ld threads, each ca_issue_batch of %d CSRs, against the %ld-thread "
+           "reference)\n",
+           nthreads, BENCH_BATCH, nthreads);
 
     if (getloadavg(load, 1) == 1) printf("  load average after the run: %.2f\n", load[0]);
     print_batch("single", &b1);
     if (nthreads > 1) print_batch("parallel", &bn);
     print_batch("server", &bf);
+    print_batch("batch", &bb);
 
-    uint64_t issued = iss1.ops + (nthreads > 1 ? issn.ops : 0) + issf.ops;
+    uint64_t issued = iss1.ops + (nthreads > 1 ? issn.ops : 0) + issf.ops + issb.ops;
     uint64_t failed = ref1.failures + (nthreads > 1 ? refn.failures + issn.failures : 0) +
-                      iss1.failures + issf.failures;
+                      iss1.failures + issf.failures + issb.failures;
     printf("\n  issuances: %" PRIu64 " ok, %" PRIu64 " failed (reference failures included)\n",
            issued, failed);
     if (failed) fail = 1;
@@ -568,7 +625,7 @@ out:
     ca_close(c);
     store_close(st);
     if (have_dir) rm_tree(dir);
-    if (fx) fixtures_free(fx, (int)inflight);
+    if (fx) fixtures_free(fx, (int)nfx);
     free(fx);
     printf("\nbench_issue: %s\n", fail ? "FAILED (functional)" : "ok (timing is not asserted)");
     return fail ? 1 : 0;

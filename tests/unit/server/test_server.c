@@ -471,6 +471,51 @@ static void test_renew_and_sign(void **state)
                      RPC_INVALID_ARGUMENT);
     free(many);
 
+    /* A batch of 50, as an agent sends after a restart: split over the
+     * workers, one store write per chunk; the refused items (another
+     * agent's entry, an unknown one) do not fail their chunk. */
+    enum { BIG = 50 };
+    int issued_before = audit_events(f, "svid.issue", "ok", NULL);
+    int refused_before = audit_events(f, "svid.refuse", "denied", NULL);
+    Meshid__Agent__V1__SignRequest *big[BIG];
+    for (int i = 0; i < BIG; i++) big[i] = i == 10 ? &s[1] : i == 37 ? &s[3] : &s[0];
+    br.requests = big;
+    br.n_requests = BIG;
+    assert_int_equal(unary(f, f->agent, NODE "BatchSignX509SVID", &br.base,
+                           &meshid__agent__v1__batch_sign_response__descriptor, &bresp),
+                     RPC_OK);
+    assert_int_equal(bresp->n_results, BIG);
+    char serials[BIG][64];
+    for (int i = 0; i < BIG; i++) {
+        if (i == 10) {
+            assert_int_equal(bresp->results[i]->code, RPC_PERMISSION_DENIED);
+            continue;
+        }
+        if (i == 37) {
+            assert_int_equal(bresp->results[i]->code, RPC_NOT_FOUND);
+            continue;
+        }
+        assert_int_equal(bresp->results[i]->code, RPC_OK);
+        assert_string_equal(bresp->results[i]->entry_id, mine);
+        cert_uri(&bresp->results[i]->svid_chain[0], uri, sizeof uri);
+        assert_string_equal(uri, "spiffe://" TD "/web");
+        /* every SVID is its own certificate */
+        const unsigned char *p = bresp->results[i]->svid_chain[0].data;
+        X509 *x = d2i_X509(NULL, &p, (long)bresp->results[i]->svid_chain[0].len);
+        assert_non_null(x);
+        BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
+        char *hex = BN_bn2hex(bn);
+        snprintf(serials[i], sizeof serials[i], "%s", hex);
+        for (int j = 0; j < i; j++)
+            if (j != 10 && j != 37) assert_string_not_equal(serials[j], serials[i]);
+        OPENSSL_free(hex);
+        BN_free(bn);
+        X509_free(x);
+    }
+    free_msg(bresp);
+    assert_int_equal(audit_events(f, "svid.issue", "ok", NULL), issued_before + BIG - 2);
+    assert_int_equal(audit_events(f, "svid.refuse", "denied", NULL), refused_before + 2);
+
     /* admin reads */
     Meshid__Admin__V1__ListEntriesRequest lr = MESHID__ADMIN__V1__LIST_ENTRIES_REQUEST__INIT;
     lr.parent_id = f->agent_id;
