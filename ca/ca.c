@@ -1,7 +1,8 @@
 /* Creating the hierarchy (ca_init), loading the signing authority (ca_open)
  * and the helpers the other ca/ files share. Issuance is in issue.c, the
  * plug-in CA in upstream.c, bundles in bundle.c, audit heads in
- * audit_head.c. */
+ * audit_head.c, the authority lifecycle (prepare, activate, ...) in
+ * rotation.c. */
 #include "ca/ca.h"
 
 #include <jansson.h>
@@ -58,18 +59,7 @@ static mid_result ensure_no_authorities(store *st)
     return mid_ok();
 }
 
-/* One generated authority on its way to the store. */
-typedef struct {
-    EVP_PKEY *key;
-    X509 *cert;
-    char id[CA_KEY_ID_HEX_MAX];
-    char key_ref[CA_KEY_ID_HEX_MAX + 16]; /* "keys/<id>.key" */
-    char key_path[4096];
-    int key_written;
-    char *pem;
-} new_authority;
-
-static void new_authority_clear(new_authority *a, int remove_key)
+void ca_new_authority_clear(ca_new_authority *a, int remove_key)
 {
     if (remove_key && a->key_written) (void)unlink(a->key_path);
     EVP_PKEY_free(a->key);
@@ -78,8 +68,7 @@ static void new_authority_clear(new_authority *a, int remove_key)
     memset(a, 0, sizeof *a);
 }
 
-/* Fills id, key_ref and key_path from the certificate and writes the key. */
-static mid_result save_authority_key(new_authority *a, const char *data_dir)
+MID_RESULT ca_new_authority_save(ca_new_authority *a, const char *data_dir)
 {
     char dir[4096], name[CA_KEY_ID_HEX_MAX + 8];
     MID_GUARD(ca_x509_key_id_hex(a->cert, a->id));
@@ -101,7 +90,7 @@ typedef struct {
     char desc[64], serial[CA_KEY_ID_HEX_MAX], sid[sizeof "spiffe://" + SPIFFE_TD_MAX];
 } authority_record;
 
-static mid_result prepare_record(authority_record *rec, const new_authority *a, const char *kind,
+static mid_result prepare_record(authority_record *rec, const ca_new_authority *a, const char *kind,
                                  const char *td, const char *parent_id, const char *actor)
 {
     int64_t nb = 0, na = 0;
@@ -125,8 +114,8 @@ static mid_result prepare_record(authority_record *rec, const new_authority *a, 
 }
 
 /* Records root and intermediate in one transaction: both or neither. */
-static mid_result record_hierarchy(store *st, const new_authority *root,
-                                   const new_authority *inter, const char *td, const char *actor)
+static mid_result record_hierarchy(store *st, const ca_new_authority *root,
+                                   const ca_new_authority *inter, const char *td, const char *actor)
 {
     mid_result r = MID_OK_RESULT;
     authority_record rec[2] = {0};
@@ -152,7 +141,7 @@ static mid_result resolve_ttl(int64_t ttl, int64_t dflt, const char *what, int64
 MID_RESULT ca_init(store *st, const char *data_dir, const ca_init_opts *o)
 {
     mid_result r = MID_OK_RESULT;
-    new_authority root = {0}, inter = {0};
+    ca_new_authority root = {0}, inter = {0};
     char td[SPIFFE_TD_MAX + 1];
     int64_t root_ttl = 0, inter_ttl = 0;
     MID_CHECK(r, st != NULL && data_dir != NULL && o != NULL, MID_E_INVALID, "missing arguments");
@@ -171,7 +160,7 @@ MID_RESULT ca_init(store *st, const char *data_dir, const ca_init_opts *o)
     ca_x509_authority_params rp = {.trust_domain = td, .key = root.key,
                                    .not_before = now - CA_CLOCK_SKEW, .not_after = now + root_ttl};
     MID_TRY(r, ca_x509_build_root(&rp, &root.cert));
-    MID_TRY(r, save_authority_key(&root, data_dir));
+    MID_TRY(r, ca_new_authority_save(&root, data_dir));
 
     MID_TRY(r, ca_key_generate(kt, &inter.key));
     ca_x509_authority_params ip = {.trust_domain = td, .key = inter.key,
@@ -179,13 +168,13 @@ MID_RESULT ca_init(store *st, const char *data_dir, const ca_init_opts *o)
                                    .not_after = now + inter_ttl, /* clamped to the root's */
                                    .issuer = root.cert, .issuer_key = root.key};
     MID_TRY(r, ca_x509_build_intermediate(&ip, &inter.cert));
-    MID_TRY(r, save_authority_key(&inter, data_dir));
+    MID_TRY(r, ca_new_authority_save(&inter, data_dir));
 
     MID_TRY(r, record_hierarchy(st, &root, &inter, td, actor));
 out:
     /* On failure nothing was recorded: remove the key files written. */
-    new_authority_clear(&inter, !mid_is_ok(r));
-    new_authority_clear(&root, !mid_is_ok(r));
+    ca_new_authority_clear(&inter, !mid_is_ok(r));
+    ca_new_authority_clear(&root, !mid_is_ok(r));
     return r;
 }
 
@@ -230,7 +219,8 @@ out:
     return r;
 }
 
-/* The newest active authority we hold a key for, intermediates first. */
+/* The signer: the active intermediate (rotation.c keeps exactly one; with
+ * several, the newest), else the newest active root we hold a key for. */
 static const store_authority *pick_signer(const store_authority_row *rows, size_t n)
 {
     const store_authority *best = NULL;
@@ -245,8 +235,7 @@ static const store_authority *pick_signer(const store_authority_row *rows, size_
     return best;
 }
 
-/* key_ref is relative to the data directory and stays inside it. */
-static mid_result key_path(const char *data_dir, const char *key_ref, char *out, size_t cap)
+MID_RESULT ca_key_ref_path(const char *data_dir, const char *key_ref, char *out, size_t cap)
 {
     MID_ENSURE(key_ref[0] != '/' && strstr(key_ref, "..") == NULL, MID_E_CORRUPT,
                "stored key reference '%.200s' is not a path inside the data directory", key_ref);
@@ -269,7 +258,7 @@ static mid_result load_signer(ca *c, const store_authority *a, const char *data_
                                           &c->chain));
     else
         MID_CHECK_MEM(r, c->chain = sk_X509_new_null());
-    MID_TRY(r, key_path(data_dir, a->key_ref, path, sizeof path));
+    MID_TRY(r, ca_key_ref_path(data_dir, a->key_ref, path, sizeof path));
     MID_TRY(r, ca_key_load(path, &c->key));
     MID_TRY(r, ca_key_matches_cert(c->key, c->cert, path));
     MID_TRY(r, ca_x509_check_signing_ca(c->cert, "signing authority"));

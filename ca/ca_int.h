@@ -1,5 +1,5 @@
 /* Private to ca/: the loaded signing authority behind the opaque `ca`, and
- * helpers shared by ca.c, upstream.c, bundle.c and audit_head.c. */
+ * helpers shared by ca.c, upstream.c, bundle.c, audit_head.c and rotation.c. */
 #ifndef MESHID_CA_CA_INT_H
 #define MESHID_CA_CA_INT_H
 
@@ -39,6 +39,29 @@ MID_RESULT ca_anchors_load(store *st, STACK_OF(X509) **anchors, int64_t *seq);
 
 /* <data_dir>/keys (created 0700 when `create`), and a key file path in it. */
 MID_RESULT ca_keys_dir(const char *data_dir, int create, char *out, size_t cap);
+
+/* One generated authority on its way to the store (ca_init, ca_prepare). */
+typedef struct {
+    EVP_PKEY *key;
+    X509 *cert;
+    char id[CA_KEY_ID_HEX_MAX];
+    char key_ref[CA_KEY_ID_HEX_MAX + 16]; /* "keys/<id>.key" */
+    char key_path[4096];
+    int key_written;
+    char *pem;                            /* cert as PEM */
+} ca_new_authority;
+
+/* Fills id, key_ref, key_path and pem from a->cert and writes a->key to
+ * <data_dir>/keys/<id>.key (0600). */
+MID_RESULT ca_new_authority_save(ca_new_authority *a, const char *data_dir);
+
+/* Frees what `a` holds; with `remove_key`, also unlinks the key file written
+ * by ca_new_authority_save (for a failure before anything was stored). */
+void ca_new_authority_clear(ca_new_authority *a, int remove_key);
+
+/* The path of a stored key_ref: relative to the data directory and staying
+ * inside it (MID_E_CORRUPT for an absolute path or one with ".."). */
+MID_RESULT ca_key_ref_path(const char *data_dir, const char *key_ref, char *out, size_t cap);
 
 /* Builds the audit details JSON for an authority record. Caller frees. */
 MID_RESULT ca_authority_details(const store_authority *a, const char *key_desc, int upstream,

@@ -19,6 +19,7 @@ int ca_test_issue(void);
 int ca_test_bundle(void);
 int ca_test_upstream(void);
 int ca_test_audit_head(void);
+int ca_test_rotation(void);
 
 /* A data directory with a store and, after ca_env_init, an open CA. */
 typedef struct {

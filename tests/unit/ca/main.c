@@ -13,6 +13,7 @@ int main(void)
     failed += ca_test_bundle();
     failed += ca_test_upstream();
     failed += ca_test_audit_head();
+    failed += ca_test_rotation();
     if (failed) fprintf(stderr, "unit_ca: %d test(s) failed\n", failed);
     return failed ? 1 : 0;
 }
