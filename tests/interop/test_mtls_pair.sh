@@ -9,90 +9,31 @@
 # a certificate from an unrelated CA is refused (exit 1, counted by the
 # server), and a client expecting the wrong server ID fails.
 # Needs root (setpriv to the test uids). $MESHID picks the binary.
-set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-MESHID=${MESHID:-$ROOT/build/asan/bin/meshid}
-[ -x "$MESHID" ] || { echo "no meshid binary at $MESHID (make build/asan/bin/meshid)"; exit 1; }
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:exitcode=86}
-export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:exitcode=86}
+source "$(dirname "$0")/lib_mesh.sh"
 RATE=${RATE:-30}
 DURATION=${DURATION:-25}
-
-WORK=$(mktemp -d /tmp/meshid-mtls.XXXXXX)
-chmod 755 "$WORK"
-OUT="$WORK/out"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap 'cleanup; rm -rf "$WORK"' EXIT
-fail() { echo "FAIL: $*" >&2; [ -f "$OUT" ] && tail -n 30 "$OUT" >&2; exit 1; }
-step() { echo "-- $*"; }
-as_uid() { local u=$1; shift; setpriv --reuid="$u" --regid="$u" --clear-groups "$@"; }
-jq_() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {"d": d}))' "$@"; }
-
-TD=mtls.test
 U1=42001; U2=42002
-ID1="spiffe://$TD/pair/server"; ID2="spiffe://$TD/pair/client"
-SRV="$WORK/server"; AG="$WORK/agent"; SOCKDIR="$WORK/sock"; SOCK="$SOCKDIR/agent.sock"
-mkdir -p "$SRV" "$AG" "$SOCKDIR" "$WORK/u1" "$WORK/u2"
-chmod 755 "$SOCKDIR"
-chown $U1 "$WORK/u1"; chown $U2 "$WORK/u2"
-
-# world-readable copies of the scripts, their modules and the binary
-bash "$ROOT/tests/interop/setup.sh" >/dev/null
-JS="$WORK/js"
-mkdir -p "$JS"
-cp -r "$ROOT/tests/interop/"*.js "$ROOT/tests/interop/node_modules" "$JS/"
-chmod -R a+rX "$JS"
-cp "$MESHID" "$WORK/meshid" && chmod 755 "$WORK/meshid"
-M="$WORK/meshid"
 
 step "server, join token, entries for uids $U1 and $U2 (TTL 20s), agent"
-"$M" --data-dir "$SRV" ca init --trust-domain "$TD" >/dev/null
-"$M" --data-dir "$SRV" bundle show >"$WORK/bundle.pem"
-"$M" --data-dir "$SRV" server --listen 127.0.0.1:0 >"$WORK/server.out" 2>"$WORK/server.err" &
-pids+=($!)
-for _ in $(seq 100); do grep -q 'node API' "$WORK/server.out" 2>/dev/null && break; sleep 0.1; done
-grep -q 'node API' "$WORK/server.out" || { cat "$WORK/server.err"; fail "server did not start"; }
-PORT=$(sed -n 's/.*(port \([0-9]*\)).*/\1/p' "$WORK/server.out")
-AGENT_ID="spiffe://$TD/meshid/agent/node1"
-TOKEN=$("$M" --data-dir "$SRV" token generate --spiffe-id "$AGENT_ID" 2>/dev/null)
-[ -n "$TOKEN" ] || fail "no token"
-for pair in "$U1 $ID1" "$U2 $ID2"; do
-  set -- $pair
-  "$M" --data-dir "$SRV" entry create --spiffe-id "$2" --parent-id "$AGENT_ID" \
-    --selector "unix:uid:$1" --ttl 20s >"$OUT" 2>&1 || fail "entry $2"
-done
-"$M" --data-dir "$AG" agent --server "127.0.0.1:$PORT" --server-name localhost \
-  --join-token "$TOKEN" --trust-bundle "$WORK/bundle.pem" --socket "$SOCK" \
-  >"$WORK/agent.out" 2>"$WORK/agent.err" &
-pids+=($!)
-for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
-[ -S "$SOCK" ] || { cat "$WORK/agent.err"; fail "agent socket missing"; }
-
-start_pair_server() { # LOG STATS; sets TLS_PORT (the server picks a free one)
-  # setpriv directly (not the as_uid function) so that $! is node itself
-  setpriv --reuid=$U1 --regid=$U1 --clear-groups node "$JS/mtls_pair.js" server "$SOCK" 0 \
-    --expect-peer-id "$ID2" --stats "$2" >"$1" 2>&1 &
-  PSRV=$!
-  pids+=($PSRV)
-  for _ in $(seq 200); do grep -q '"listening"' "$1" 2>/dev/null && break; sleep 0.1; done
-  grep -q '"listening"' "$1" || { OUT=$1; fail "pair server did not start"; }
-  TLS_PORT=$(sed -n 's/.*"listening":\([0-9]*\).*/\1/p' "$1")
-}
-stop_pair_server() { kill -TERM "$PSRV"; local rc=0; wait "$PSRV" || rc=$?; return $rc; }
+mesh_init mtls.test
+ID1="spiffe://$TD/pair/server"; ID2="spiffe://$TD/pair/client"
+mesh_start_server
+mesh_start_agent "spiffe://$TD/meshid/agent/node1"
+mesh_entry $U1 "$ID1" --ttl 20s
+mesh_entry $U2 "$ID2" --ttl 20s
 
 step "pair server as uid $U1"
-start_pair_server "$WORK/pserver.log" "$WORK/u1/stats.json"
+start_pair_server $U1 "$ID2" "$WORK/pserver.log" "$WORK/u$U1/stats.json"
 echo "   listening on 127.0.0.1:$TLS_PORT"
 
 step "pair client as uid $U2: $RATE connections/s for ${DURATION}s"
 rc=0
 as_uid $U2 node "$JS/mtls_pair.js" client "$SOCK" "$TLS_PORT" --expect-server-id "$ID1" \
-  --rate "$RATE" --duration "$DURATION" --stats "$WORK/u2/stats.json" >"$WORK/pclient.log" 2>&1 || rc=$?
+  --rate "$RATE" --duration "$DURATION" --stats "$WORK/u$U2/stats.json" >"$WORK/pclient.log" 2>&1 || rc=$?
 OUT="$WORK/pclient.log"
 [ "$rc" -eq 0 ] || fail "pair client exited $rc"
 src=0; stop_pair_server || src=$?
-C="$WORK/u2/stats.json"; S="$WORK/u1/stats.json"
+C="$WORK/u$U2/stats.json"; S="$WORK/u$U1/stats.json"
 echo "   client: $(jq_ "$C" '"ok=%d failed=%d rotations=%d elapsed=%.1fs" % (d["ok"], d["failed"], d["rotations"], d["elapsed_s"])')"
 echo "   server: $(jq_ "$S" '"ok=%d failed=%d rotations=%d" % (d["ok"], d["failed"], d["rotations"])')"
 [ "$(jq_ "$C" 'd["failed"]')" = 0 ] || fail "client counted failures"
@@ -118,11 +59,11 @@ seen_rotated "client (server's SVIDs)" "$C" "$S"
 seen_rotated "server (client's SVIDs)" "$S" "$C"
 
 step "the harness detects failures"
-start_pair_server "$WORK/pserver2.log" "$WORK/u1/stats2.json"
+start_pair_server $U1 "$ID2" "$WORK/pserver2.log" "$WORK/u$U1/stats2.json"
 # a probe with the client's SDS-delivered files succeeds ...
-as_uid $U2 node "$JS/sds_client.js" "$SOCK" write "$WORK/u2/sds" >"$OUT" 2>&1 || fail "sds write"
-node "$JS/mtls_pair.js" probe "$TLS_PORT" --cert "$WORK/u2/sds/cert.pem" --key "$WORK/u2/sds/key.pem" \
-  --ca "$WORK/u2/sds/ca.pem" --expect-server-id "$ID1" >"$OUT" 2>&1 || fail "probe with SDS files"
+as_uid $U2 node "$JS/sds_client.js" "$SOCK" write "$WORK/u$U2/sds" >"$OUT" 2>&1 || fail "sds write"
+node "$JS/mtls_pair.js" probe "$TLS_PORT" --cert "$WORK/u$U2/sds/cert.pem" --key "$WORK/u$U2/sds/key.pem" \
+  --ca "$WORK/u$U2/sds/ca.pem" --expect-server-id "$ID1" >"$OUT" 2>&1 || fail "probe with SDS files"
 # ... one from an unrelated CA (same SPIFFE ID) is refused by the server
 X="$WORK/x"; mkdir -p "$X"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=rogue-ca \
@@ -136,7 +77,7 @@ openssl x509 -req -in "$X/req.csr" -CA "$X/ca.pem" -CAkey "$X/ca.key" -CAcreates
   -extfile "$X/ext" -out "$X/cert.pem" >/dev/null 2>&1
 rc=0
 node "$JS/mtls_pair.js" probe "$TLS_PORT" --cert "$X/cert.pem" --key "$X/key.pem" \
-  --ca "$WORK/u2/sds/ca.pem" >"$OUT" 2>&1 || rc=$?
+  --ca "$WORK/u$U2/sds/ca.pem" >"$OUT" 2>&1 || rc=$?
 [ "$rc" -eq 1 ] || fail "probe with a rogue certificate: exit $rc, wanted 1"
 grep -q '"ok":false,"error":"..*"' "$OUT" || fail "probe printed no error"
 echo "   rogue probe refused: $(tr -d '\n' <"$OUT")"
@@ -150,7 +91,7 @@ grep -q "expected spiffe://$TD/other" "$OUT" || fail "wrong-ID client error"
 src=0; stop_pair_server || src=$?
 OUT="$WORK/pserver2.log"
 [ "$src" -eq 1 ] || fail "pair server saw no failure (exit $src)"
-[ "$(jq_ "$WORK/u1/stats2.json" 'd["failed"] >= 1')" = True ] || fail "server did not count the rogue handshake"
-grep -q 'peer certificate refused: UNABLE_TO_' "$WORK/u1/stats2.json" \
-  || { OUT="$WORK/u1/stats2.json"; fail "server did not record why it refused the rogue certificate"; }
+[ "$(jq_ "$WORK/u$U1/stats2.json" 'd["failed"] >= 1')" = True ] || fail "server did not count the rogue handshake"
+grep -q 'peer certificate refused: UNABLE_TO_' "$WORK/u$U1/stats2.json" \
+  || { OUT="$WORK/u$U1/stats2.json"; fail "server did not record why it refused the rogue certificate"; }
 echo "all good"
