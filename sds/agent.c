@@ -35,6 +35,7 @@
 #define F_BUNDLE "bundle.pem"
 #define RENEW_FRACTION 0.5
 #define RENEW_JITTER 0.1
+#define ACK_DELAY_MS 50 /* coalesces SDS / Workload API delivery updates into one ack */
 
 typedef enum { ST_BOOTSTRAP, ST_RUNNING, ST_STOPPED } agent_state;
 
@@ -63,8 +64,9 @@ struct agent {
     rpc_stream *sync;
     bool synced;
     int sync_fails;
-    uint64_t acked_seq, acked_rev;
+    uint64_t acked_seq, acked_rev, acked_sds;
     bool ack_sent;
+    rpc_timer *ack_timer; /* debounced ack after local delivery progressed */
 
     /* timers */
     rpc_timer *retry_timer;  /* bootstrap retry or Sync reconnect */
@@ -230,6 +232,8 @@ static void notify_services(void *arg)
     if (a->wl) workload_api_notify(a->wl);
 }
 
+static void ack_soon(void *arg);
+
 static mid_result start_services(agent *a)
 {
     if (!a->socket_path) return mid_ok();
@@ -247,6 +251,8 @@ static mid_result start_services(agent *a)
                               &a->sds));
     MID_GUARD(workload_api_new(a->srv, agent_cache_source_for(a->cache, AGENT_API_WORKLOAD),
                                &a->wl));
+    sds_service_on_bundle_ack(a->sds, ack_soon, a);
+    workload_api_on_bundle_sent(a->wl, ack_soon, a);
     MID_GUARD(rpc_server_add_unix(a->srv, a->socket_path, AGENT_SOCKET_MODE));
     MID_GUARD(rpc_server_start(a->srv));
     LOG_INFO("agent: serving SDS and the Workload API on %s", a->socket_path);
@@ -328,23 +334,67 @@ static void arm_retry(agent *a, int64_t delay_ms)
     }
 }
 
+/* sds_bundle_sequence_ack: the newest bundle every local stream that
+ * carries bundles holds (SDS: ACKed; Workload API: written out), never
+ * above what the cache applied (`seq`); `seq` itself with no such stream. */
+static uint64_t local_bundle_ack(const agent *a, uint64_t seq)
+{
+    uint64_t m = seq, x = 0;
+    if (a->sds && sds_service_bundle_acked(a->sds, &x) > 0 && x < m) m = x;
+    if (a->wl && workload_api_bundle_sent(a->wl, &x) > 0 && x < m) m = x;
+    return m;
+}
+
+/* Sends {bundle_sequence_ack, entries_revision_ack, sds_bundle_sequence_ack}
+ * when any of them changed since the last one sent on this stream. The
+ * bundle ack is what the cache applied: applying notifies the services
+ * synchronously, so it is queued on every open stream by then. */
 static void send_ack(agent *a)
 {
     uint64_t seq = agent_cache_bundle_sequence(a->cache);
     uint64_t rev = agent_cache_entries_revision(a->cache);
-    if (!a->sync || (a->ack_sent && seq == a->acked_seq && rev == a->acked_rev)) return;
+    uint64_t sds = local_bundle_ack(a, seq);
+    if (!a->sync ||
+        (a->ack_sent && seq == a->acked_seq && rev == a->acked_rev && sds == a->acked_sds))
+        return;
     Meshid__Agent__V1__AgentSyncRequest req = MESHID__AGENT__V1__AGENT_SYNC_REQUEST__INIT;
     req.bundle_sequence_ack = seq;
     req.entries_revision_ack = rev;
+    req.sds_bundle_sequence_ack = sds;
     mid_result r = rpc_stream_send(a->sync, &req.base);
     if (!mid_is_ok(r)) {
         LOG_WARN("agent: cannot ack Sync: %s", mid_errmsg());
         return;
     }
+    if (sds != a->acked_sds && sds == seq)
+        LOG_DEBUG("agent: every local stream holds trust bundle #%llu", (unsigned long long)seq);
     a->acked_seq = seq;
     a->acked_rev = rev;
+    a->acked_sds = sds;
     a->ack_sent = true;
     a->st.acks++;
+    a->st.last_sds_ack = sds;
+}
+
+static void ack_fn(rpc_loop *loop, void *arg)
+{
+    (void)loop;
+    agent *a = arg;
+    a->ack_timer = NULL;
+    if (a->state == ST_RUNNING) send_ack(a);
+}
+
+/* Local delivery progressed (an SDS client ACKed, a Workload API message
+ * was written, a stream ended): ack within ACK_DELAY_MS, coalescing the
+ * burst of ACKs one bundle push causes. */
+static void ack_soon(void *arg)
+{
+    agent *a = arg;
+    if (a->ack_timer || a->state != ST_RUNNING || !a->sync) return;
+    if (!mid_is_ok(rpc_timer_add(a->loop, ACK_DELAY_MS, ack_fn, a, &a->ack_timer))) {
+        LOG_WARN("agent: cannot arm the ack timer: %s", mid_errmsg());
+        a->ack_timer = NULL;
+    }
 }
 
 static void sync_message(rpc_stream *s, const ProtobufCMessage *msg, void *arg)
@@ -358,8 +408,9 @@ static void sync_message(rpc_stream *s, const ProtobufCMessage *msg, void *arg)
     a->synced = true;
     a->sync_fails = 0;
     a->st.sync_msgs++;
-    /* The bundle first: SVIDs issued for new entries must chain to it. The
-     * cache's on_change has notified the services before we ack. */
+    /* The bundle first: SVIDs issued for new entries must chain to it, and
+     * peers must trust a new authority before anything it signed is served.
+     * The cache's on_change has notified the services before we ack. */
     if (m->n_bundle > 0) {
         mid_result r = agent_cache_set_bundle(a->cache, m->bundle, m->n_bundle, m->bundle_sequence);
         if (!mid_is_ok(r)) {
@@ -375,8 +426,18 @@ static void sync_message(rpc_stream *s, const ProtobufCMessage *msg, void *arg)
             }
         }
     }
+    /* Then taint: the new bundle is out, re-issue what chains to a tainted
+     * authority (one batch, in the cache's coalescing window). */
+    size_t tainted = 0;
+    if (!mid_is_ok(agent_cache_set_tainted(a->cache, m->tainted_authority_ids,
+                                           m->n_tainted_authority_ids, &tainted)))
+        LOG_WARN("agent: ignoring the tainted authorities from the server: %s", mid_errmsg());
+    else if (tainted > 0)
+        LOG_WARN("agent: %zu SVIDs chain to a tainted authority; re-issuing them now", tainted);
     if (!mid_is_ok(agent_cache_set_entries(a->cache, m->entries, m->n_entries, m->entries_revision)))
         LOG_WARN("agent: ignoring the entries from the server: %s", mid_errmsg());
+    /* Signing was held since the stream (re)opened: the state is applied. */
+    agent_cache_hold_issuing(a->cache, false);
     send_ack(a);
 }
 
@@ -387,7 +448,13 @@ static void sync_done(rpc_stream *s, const rpc_status *st, void *arg)
     if (!a) return;
     if (a->sync == s) a->sync = NULL;
     a->synced = false;
+    if (a->ack_timer) rpc_timer_cancel(a->loop, a->ack_timer);
+    a->ack_timer = NULL;
     if (a->state != ST_RUNNING) return;
+    /* No signing until the next stream's first state is applied: a server
+     * that rotated meanwhile may sign with an authority whose bundle we
+     * have not seen (the cache would refuse such SVIDs anyway). */
+    agent_cache_hold_issuing(a->cache, true);
     a->st.reconnects++;
     if (a->renewing) {
         /* the channel was rebuilt for a new identity: reconnect at once */
@@ -416,6 +483,7 @@ static void sync_open(agent *a)
     Meshid__Agent__V1__AgentSyncRequest first = MESHID__AGENT__V1__AGENT_SYNC_REQUEST__INIT;
     first.bundle_sequence_ack = agent_cache_bundle_sequence(a->cache);
     first.entries_revision_ack = agent_cache_entries_revision(a->cache);
+    first.sds_bundle_sequence_ack = local_bundle_ack(a, first.bundle_sequence_ack);
     agent_ref *ref = ref_get(a);
     if (mid_is_ok(r)) r = node_client_sync_open(a->nc, &first, &sync_handler, ref, &a->sync);
     if (!mid_is_ok(r)) {
@@ -799,6 +867,7 @@ mid_result agent_start(const agent_opts *o, rpc_loop *loop, agent **out)
                                .rotate_jitter = o->rotate_jitter,
                                .report_interval_ms = o->report_interval_ms};
         MID_TRY(r, agent_cache_new(&co, &a->cache));
+        agent_cache_hold_issuing(a->cache, true); /* until the first Sync state */
     }
     MID_TRY(r, start_services(a));
 
@@ -824,7 +893,8 @@ void agent_stop(agent *a)
     if (a->ref) a->ref->a = NULL;
     if (a->retry_timer) rpc_timer_cancel(a->loop, a->retry_timer);
     if (a->renew_timer) rpc_timer_cancel(a->loop, a->renew_timer);
-    a->retry_timer = a->renew_timer = NULL;
+    if (a->ack_timer) rpc_timer_cancel(a->loop, a->ack_timer);
+    a->retry_timer = a->renew_timer = a->ack_timer = NULL;
     if (a->sync) rpc_stream_cancel(a->sync);
     a->sync = NULL;
     agent_cache_stop(a->cache);

@@ -91,6 +91,7 @@ typedef struct {
     uint64_t syncs;        /* Sync streams opened */
     uint64_t sync_msgs;    /* Sync responses applied */
     uint64_t acks;         /* Sync acks sent */
+    uint64_t last_sds_ack; /* sds_bundle_sequence_ack of the last ack sent */
     uint64_t reconnects;   /* Sync streams that ended and were retried */
 } agent_stats;
 void agent_get_stats(const agent *a, agent_stats *out);

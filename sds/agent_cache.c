@@ -23,6 +23,7 @@
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "ca/keys.h"
 #include "ca/x509.h"
@@ -64,6 +65,7 @@ typedef struct {
     /* issuance */
     bool want;       /* needs a (re)issue */
     bool inflight;   /* a batch carries it */
+    bool unverified; /* the last SVID received did not verify against the bundle */
     int fails;
     int64_t retry_at_ms;
 } cent;
@@ -72,6 +74,7 @@ typedef struct batch batch;
 struct batch {
     agent_cache *cache; /* NULL once the cache is freed */
     batch *next;
+    uint64_t taint_epoch; /* the cache's taint_epoch when the batch was sent */
     size_t n;
     struct {
         char *id;
@@ -133,6 +136,13 @@ struct agent_cache {
     rpc_timer *tick, *flush;
     int64_t tick_due_ms;
     bool stopped;
+    bool hold; /* no signing until the agent has applied the server's first state */
+
+    /* tainted authorities (lowercase hex key ids), the server's complete list;
+     * taint_epoch grows whenever an id is added */
+    char **tainted;
+    size_t n_tainted;
+    uint64_t taint_epoch;
     batch *batches;
 
     memo_slot memo[MEMO_MAX];
@@ -265,7 +275,7 @@ static void tick_fn(rpc_loop *loop, void *arg);
 
 static void want_flush(agent_cache *c)
 {
-    if (c->flush || c->stopped) return;
+    if (c->flush || c->stopped || c->hold) return;
     if (!mid_is_ok(rpc_timer_add(c->loop, AGENT_BATCH_DELAY_MS, flush_fn, c, &c->flush))) {
         LOG_WARN("agent cache: cannot arm the batch timer: %s", mid_errmsg());
         c->flush = NULL;
@@ -353,9 +363,51 @@ static void item_failed(agent_cache *c, cent *e, int code, const char *msg)
              e->id, code, msg ? msg : "", e->fails);
 }
 
-/* Stores a signed chain for `e` with the key that was generated for it. */
+/* Appends the lowercase hex of `d` (n bytes) to out (cap >= 2n+1). */
+static void hex_of(const unsigned char *d, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[d[i] >> 4];
+        out[2 * i + 1] = digits[d[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+static bool is_tainted(const agent_cache *c, const char *id)
+{
+    for (size_t i = 0; i < c->n_tainted; i++)
+        if (strcmp(c->tainted[i], id) == 0) return true;
+    return false;
+}
+
+/* The first tainted authority in an SVID chain (leaf first), or NULL. The
+ * chain's authorities are its intermediates (their key ids) and every
+ * issuer named by an authority key identifier (which names the root too,
+ * although the root is not in the chain). Writes the id into buf. */
+static const char *chain_taint(const agent_cache *c, STACK_OF(X509) *sk, char *buf)
+{
+    if (c->n_tainted == 0) return NULL;
+    for (int i = 0; i < sk_X509_num(sk); i++) {
+        X509 *x = sk_X509_value(sk, i);
+        if (i > 0 && mid_is_ok(ca_x509_key_id_hex(x, buf)) && is_tainted(c, buf)) return buf;
+        const ASN1_OCTET_STRING *aki = X509_get0_authority_key_id(x);
+        if (aki && aki->length > 0 && aki->length <= CA_KEY_ID_MAX) {
+            hex_of(aki->data, (size_t)aki->length, buf);
+            if (is_tainted(c, buf)) return buf;
+        }
+    }
+    mid_errclear();
+    return NULL;
+}
+
+/* Stores a signed chain for `e` with the key that was generated for it.
+ * Refused (the current SVID, if any, stays served): a chain that does not
+ * verify against the current bundle (MID_E_VERIFY; peers could not verify
+ * it either), and a chain through a tainted authority signed before the
+ * taint was known (MID_E_STATE; re-issue). */
 static mid_result accept_svid(agent_cache *c, cent *e, EVP_PKEY *key,
-                              const Meshid__Agent__V1__SignResult *res)
+                              const Meshid__Agent__V1__SignResult *res, uint64_t taint_epoch)
 {
     char *chain = NULL, *kpem = NULL;
     size_t klen = 0;
@@ -372,19 +424,32 @@ static mid_result accept_svid(agent_cache *c, cent *e, EVP_PKEY *key,
     MID_CHECK(r, strcmp(got_id, e->spiffe_id) == 0, MID_E_INVALID,
               "server signed '%s' for entry '%s', want '%s'", got_id, e->id, e->spiffe_id);
     MID_TRY(r, ca_x509_validity(leaf, &nb, &na));
-    if (c->anchors) {
+    /* Never serve what peers cannot verify: they trust exactly the bundle
+     * we deliver. The bundle may be behind (the server signs with an
+     * authority whose bundle has not reached us): the caller retries, and
+     * a new bundle retries at once. */
+    MID_CHECK(r, c->anchors, MID_E_VERIFY, "no trust bundle yet to verify the SVID against");
+    {
         STACK_OF(X509) *untrusted = sk_X509_new_null();
         MID_CHECK_MEM(r, untrusted);
         for (int i = 1; i < sk_X509_num(sk); i++) sk_X509_push(untrusted, sk_X509_value(sk, i));
         r = ca_x509_verify(leaf, untrusted, c->anchors, -1, NULL);
         sk_X509_free(untrusted);
         if (!mid_is_ok(r)) {
-            /* The bundle may simply be behind (Sync has not delivered the
-             * new one yet): keep the SVID, the next bundle re-checks it. */
-            LOG_WARN("agent cache: SVID for %s does not verify against the current bundle: %s",
-                     e->spiffe_id, mid_errmsg());
-            r = mid_ok();
+            r = mid_fail(MID_E_VERIFY, __FILE__, __LINE__,
+                         "the SVID does not verify against trust bundle #%llu: %s",
+                         (unsigned long long)c->bundle_seq, mid_errmsg());
+            goto out;
         }
+    }
+    {
+        char kid[CA_KEY_ID_HEX_MAX];
+        const char *t = chain_taint(c, sk, kid);
+        MID_CHECK(r, !t || taint_epoch >= c->taint_epoch, MID_E_STATE,
+                  "signed through authority %s before it was tainted", t);
+        if (t) /* signed after the taint: re-issuing again would loop */
+            LOG_WARN("agent cache: the server signed %s through tainted authority %s; serving it",
+                     e->spiffe_id, t);
     }
     MID_TRY(r, ca_key_to_pem(key, &kpem, &klen));
 
@@ -447,10 +512,23 @@ static void batch_done(const rpc_status *st, const Meshid__Agent__V1__BatchSignR
             item_failed(c, e, res->code, res->message);
             continue;
         }
-        if (!mid_is_ok(accept_svid(c, e, b->items[i].key, res))) {
+        mid_result ar = accept_svid(c, e, b->items[i].key, res, b->taint_epoch);
+        if (!mid_is_ok(ar)) {
+            if (ar.err == MID_E_STATE) { /* raced with a taint: again, at once */
+                LOG_INFO("agent cache: %s: %s; re-issuing", e->spiffe_id, mid_errmsg());
+                e->retry_at_ms = 0;
+                continue;
+            }
+            if (ar.err == MID_E_VERIFY) {
+                e->unverified = true;
+                c->st.unverified++;
+                LOG_WARN("agent cache: not serving the new SVID for %s (%s)", e->spiffe_id,
+                         e->chain_pem ? "keeping the current one" : "none served yet");
+            }
             item_failed(c, e, RPC_INTERNAL, mid_errmsg());
             continue;
         }
+        e->unverified = false;
         c->st.signed_ok++;
         any = true;
         LOG_INFO("agent cache: issued %s serial %s", e->spiffe_id, e->serial);
@@ -513,6 +591,7 @@ static bool send_batch(agent_cache *c)
     req.n_requests = b->n;
     req.requests = ptrs;
     b->cache = c;
+    b->taint_epoch = c->taint_epoch;
     mid_result r = c->signer->batch_sign(c->signer_ctx, &req, batch_done, b);
     if (!mid_is_ok(r)) {
         LOG_WARN("agent cache: cannot send BatchSign: %s", mid_errmsg());
@@ -540,6 +619,7 @@ static void flush_fn(rpc_loop *loop, void *arg)
     (void)loop;
     agent_cache *c = arg;
     c->flush = NULL;
+    if (c->hold) return; /* agent_cache_hold_issuing(c, false) reschedules */
     while (send_batch(c)) {
     }
     schedule(c);
@@ -576,7 +656,13 @@ mid_result agent_cache_set_bundle(agent_cache *c, const ProtobufCBinaryData *cer
     MID_GUARD(node_der_to_pem(certs, n, &pem));
     if (c->bundle_pem && strcmp(pem, c->bundle_pem) == 0) {
         free(pem);
-        c->bundle_seq = sequence;
+        if (c->bundle_seq != sequence) {
+            /* Same roots, new sequence: views carry the sequence (what SDS
+             * and Workload API streams report as delivered), so rebuild
+             * them; no client receives anything new. */
+            c->bundle_seq = sequence;
+            changed(c);
+        }
         return mid_ok();
     }
     mid_result r = ca_x509_stack_from_pem(pem, strlen(pem), "trust bundle", &sk);
@@ -592,6 +678,10 @@ mid_result agent_cache_set_bundle(agent_cache *c, const ProtobufCBinaryData *cer
     size_t stale = 0;
     for (size_t i = 0; i < c->n_ents; i++) {
         cent *e = c->ents[i];
+        if (e->want && e->unverified) { /* may verify against the new roots: retry now */
+            e->fails = 0;
+            e->retry_at_ms = 0;
+        }
         if (!e->chain_pem || e->want) continue;
         if (!chain_ok(e, c->anchors)) {
             e->want = true;
@@ -605,6 +695,95 @@ mid_result agent_cache_set_bundle(agent_cache *c, const ProtobufCBinaryData *cer
     changed(c);
     schedule(c);
     return mid_ok();
+}
+
+static void tainted_free(agent_cache *c)
+{
+    strv_free(c->tainted, c->n_tainted);
+    c->tainted = NULL;
+    c->n_tainted = 0;
+}
+
+/* A lowercase copy of a well-formed key id (hex, even length, at most
+ * CA_KEY_ID_MAX bytes), else NULL. */
+static char *norm_key_id(const char *id)
+{
+    size_t n = id ? strlen(id) : 0;
+    if (n == 0 || n % 2 || n > 2 * CA_KEY_ID_MAX) return NULL;
+    char *o = malloc(n + 1);
+    if (!o) return NULL;
+    for (size_t i = 0; i < n; i++) {
+        char ch = id[i];
+        if (ch >= 'A' && ch <= 'F') ch = (char)(ch - 'A' + 'a');
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f'))) {
+            free(o);
+            return NULL;
+        }
+        o[i] = ch;
+    }
+    o[n] = '\0';
+    return o;
+}
+
+mid_result agent_cache_set_tainted(agent_cache *c, char *const *ids, size_t n, size_t *reissue)
+{
+    if (reissue) *reissue = 0;
+    MID_ENSURE(n <= AGENT_TAINTED_MAX, MID_E_TOO_LARGE, "%zu tainted authorities (max %d)", n,
+               AGENT_TAINTED_MAX);
+    char **list = calloc(n ? n : 1, sizeof *list);
+    MID_ENSURE_MEM(list);
+    size_t m = 0;
+    bool added = false;
+    for (size_t i = 0; i < n; i++) {
+        char *id = norm_key_id(ids[i]);
+        if (!id) {
+            LOG_WARN("agent cache: ignoring malformed tainted authority id '%.80s'",
+                     ids[i] ? ids[i] : "");
+            continue;
+        }
+        if (!is_tainted(c, id)) added = true;
+        list[m++] = id;
+    }
+    tainted_free(c);
+    c->tainted = list;
+    c->n_tainted = m;
+    if (added) c->taint_epoch++;
+    size_t k = 0;
+    for (size_t i = 0; i < c->n_ents; i++) {
+        cent *e = c->ents[i];
+        if (!e->chain_pem) continue;
+        STACK_OF(X509) *sk = NULL;
+        char kid[CA_KEY_ID_HEX_MAX];
+        const char *t = NULL;
+        if (mid_is_ok(ca_x509_stack_from_pem(e->chain_pem, strlen(e->chain_pem), "SVID", &sk)))
+            t = chain_taint(c, sk, kid);
+        sk_X509_pop_free(sk, X509_free);
+        mid_errclear();
+        if (!t) continue;
+        if (!e->want || e->retry_at_ms > 0)
+            LOG_WARN("agent cache: %s (serial %s) chains to tainted authority %s; re-issuing now",
+                     e->spiffe_id, e->serial, t);
+        e->want = true;
+        e->fails = 0;
+        e->retry_at_ms = 0;
+        k++;
+    }
+    c->st.taint_reissues += k;
+    if (reissue) *reissue = k;
+    schedule(c);
+    return mid_ok();
+}
+
+void agent_cache_hold_issuing(agent_cache *c, bool hold)
+{
+    if (c->hold == hold) return;
+    c->hold = hold;
+    if (hold) {
+        if (c->flush) rpc_timer_cancel(c->loop, c->flush);
+        c->flush = NULL;
+    } else {
+        schedule(c);
+    }
 }
 
 /* ---- entries ----------------------------------------------------------------- */
@@ -1079,6 +1258,7 @@ void agent_cache_free(agent_cache *c)
     free(c->dq);
     free(c->bundle_pem);
     sk_X509_pop_free(c->anchors, X509_free);
+    tainted_free(c);
     if (c->own_attestor) attest_unix_ctx_free(c->attestor);
     free(c->td);
     free(c);

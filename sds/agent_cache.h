@@ -12,6 +12,7 @@
 #ifndef MESHID_SDS_AGENT_CACHE_H
 #define MESHID_SDS_AGENT_CACHE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -32,6 +33,7 @@ typedef struct agent_cache agent_cache;
 #define AGENT_DENIALS_BATCH_MAX 100  /* denials per ReportDenials call */
 #define AGENT_DENIALS_REPORT_MS 1000 /* report interval while the queue is non-empty */
 #define AGENT_DENIAL_COALESCE_MS 1000 /* same uid/pid refused again within: one report */
+#define AGENT_TAINTED_MAX 1024       /* tainted authority ids accepted from one Sync message */
 
 /* Result of a batch: `resp` is non-NULL iff st->code == RPC_OK; both live
  * during the callback only. */
@@ -90,13 +92,32 @@ void agent_cache_free(agent_cache *c);
  * what is held. Idempotent. */
 void agent_cache_stop(agent_cache *c);
 
-/* Replaces the trust bundle (DER certificates, the server's complete set)
- * when `sequence` differs from the current one. SVIDs whose chain no longer
- * verifies against the new roots are re-issued at once. MID_E_INVALID for a
- * certificate that does not parse or an empty bundle, MID_E_TOO_LARGE. The
- * cache is unchanged on error. */
+/* Replaces the trust bundle (DER certificates, the server's complete set).
+ * SVIDs whose chain no longer verifies against the new roots are re-issued
+ * at once, and so are entries whose last signed SVID was refused for not
+ * verifying. Same roots with a new `sequence` only rebuild the views (they
+ * carry the sequence). on_change runs before this returns. MID_E_INVALID
+ * for a certificate that does not parse or an empty bundle,
+ * MID_E_TOO_LARGE. The cache is unchanged on error. */
 MID_RESULT agent_cache_set_bundle(agent_cache *c, const ProtobufCBinaryData *certs, size_t n,
                                   uint64_t sequence);
+
+/* Replaces the list of tainted authorities (the server's complete list of
+ * lowercase hex key ids; malformed ids are skipped with a warning) and
+ * marks for immediate re-issue every SVID whose chain contains one: an
+ * intermediate in the chain, or an issuer named by an authority key
+ * identifier (so the root too). Apply the bundle first. An SVID signed
+ * after the taint through a tainted authority is served with a warning,
+ * never re-issued in a loop; one signed before it (a batch in flight) is
+ * dropped and re-issued. *reissue (optional) gets the number marked.
+ * MID_E_TOO_LARGE over AGENT_TAINTED_MAX (nothing changed). */
+MID_RESULT agent_cache_set_tainted(agent_cache *c, char *const *ids, size_t n, size_t *reissue);
+
+/* While held, nothing is sent for signing (what needs it waits); releasing
+ * sends at once. The agent holds issuing from every (re)connect until it
+ * has applied the server's first state, so a bundle always arrives before
+ * SVIDs that may need it. A new cache is not held. */
+void agent_cache_hold_issuing(agent_cache *c, bool hold);
 
 /* Replaces the entry set (the server's complete list). New entries and
  * entries whose SPIFFE ID, TTL or DNS names changed are (re)issued; removed
@@ -124,6 +145,8 @@ typedef struct {
     uint64_t batches;      /* BatchSign calls made */
     uint64_t signed_ok;    /* SVIDs received */
     uint64_t sign_errors;  /* failed items or calls */
+    uint64_t unverified;   /* signed SVIDs refused: chain did not verify against the bundle */
+    uint64_t taint_reissues; /* SVIDs marked for re-issue by a taint */
     uint64_t denials;      /* workloads refused (attest or no entry) */
     size_t denials_queued;     /* denial reports waiting or in flight */
     uint64_t denials_reported; /* denial reports the server accepted */

@@ -38,6 +38,8 @@ typedef Envoy__Service__Discovery__V3__Resource resource_msg;
 typedef struct {
     char *name;
     sds_digest sent;     /* content we last sent (delta: the client's version); "" none */
+    sds_digest acked;    /* content the client has ACKed (or declared held); "" none */
+    uint64_t sent_in;    /* stream response counter of the response that last carried it */
     bool must_answer;    /* delta: explicitly subscribed, not answered yet */
     bool logged_unknown; /* "unknown name" already logged for this subscription */
 } sub;
@@ -56,6 +58,9 @@ struct sds_stream {
     char nonce[NONCE_LEN];            /* latest nonce sent; "" none */
     char sent_version[VERSION_LEN];   /* SotW: version that went with `nonce` */
     char acked_version[VERSION_LEN];  /* SotW: last version the client ACKed */
+    bool nack_since_ack;              /* a NACK (any nonce) since the last ACK */
+    uint64_t acked_seq;               /* newest bundle sequence whose validation
+                                       * contexts the client has ACKed */
 };
 
 struct sds_service {
@@ -65,6 +70,8 @@ struct sds_service {
     uint64_t nonce_seq;
     char nonce_prefix[17]; /* random per service: nonces never repeat across restarts */
     sds_service_stats st;
+    void (*on_ack)(void *arg); /* the ACKed bundle minimum may have changed */
+    void *on_ack_arg;
 };
 
 /* ---- small helpers -------------------------------------------------------- */
@@ -185,6 +192,78 @@ static void note_unknown(sds_stream *s, sub *u)
              s->delta ? "DeltaSecrets" : "StreamSecrets", sds_printable(u->name, p, sizeof p));
 }
 
+/* ---- bundle ACK tracking -------------------------------------------------- */
+
+/* True for the names that yield a validation context (trust bundles):
+ * ROOTCA, ALL and a trust-domain name ("spiffe://<td>", no path). */
+static bool is_vc_name(const char *name)
+{
+    if (strcmp(name, SDS_NAME_ROOTCA) == 0 || strcmp(name, SDS_NAME_ALL) == 0) return true;
+    return strncmp(name, "spiffe://", 9) == 0 && strchr(name + 9, '/') == NULL;
+}
+
+/* The bundle sequence a view was built from: its own trust domain's. */
+static uint64_t view_seq(const sds_view *v)
+{
+    return sds_view_bundle_count(v) > 0 ? sds_view_bundle(v, 0)->sequence : 0;
+}
+
+/* A stream counts for sds_service_bundle_acked once a validation context
+ * it subscribes has been sent to (or declared held by) its client: one
+ * still waiting for a first bundle does not hold the minimum back. */
+static bool stream_got_vc(const sds_stream *s)
+{
+    if (!s->wl) return false;
+    for (size_t i = 0; i < s->n_subs; i++) {
+        const sub *u = &s->subs[i];
+        if (u->name && is_vc_name(u->name) && (u->sent.hex[0] || u->acked.hex[0])) return true;
+    }
+    return false;
+}
+
+/* ... and is still open (an aborted stream no longer counts). */
+static bool stream_holds_vc(const sds_stream *s)
+{
+    return !rpc_call_is_closed(s->call) && stream_got_vc(s);
+}
+
+static void ack_changed(sds_service *svc)
+{
+    if (svc->on_ack) svc->on_ack(svc->on_ack_arg);
+}
+
+/* The client ACKed our latest response. Without a NACK since the previous
+ * ACK every response in between was accepted too (clients answer each
+ * response in order), so everything sent is held; after a NACK only what
+ * the latest response carried is known to be held. */
+static void record_ack(sds_stream *s)
+{
+    for (size_t i = 0; i < s->n_subs; i++) {
+        sub *u = &s->subs[i];
+        if (!s->nack_since_ack || u->sent_in == s->version) u->acked = u->sent;
+    }
+    s->nack_since_ack = false;
+}
+
+/* After an evaluation against view `v` (cur[i] = digest of sub i, "" when
+ * the view cannot serve it): when the client has ACKed exactly the current
+ * content of every validation context it subscribes, it holds view_seq(v). */
+static void note_vc_state(sds_stream *s, const sds_view *v, const sds_digest *cur)
+{
+    bool any = false;
+    for (size_t i = 0; i < s->n_subs; i++) {
+        const sub *u = &s->subs[i];
+        if (!is_vc_name(u->name) || !cur[i].hex[0]) continue;
+        if (strcmp(u->acked.hex, cur[i].hex) != 0) return;
+        any = true;
+    }
+    uint64_t seq = view_seq(v);
+    if (any && seq > s->acked_seq) {
+        s->acked_seq = seq;
+        ack_changed(s->svc);
+    }
+}
+
 /* ---- SotW ---------------------------------------------------------------- */
 
 static void sotw_evaluate(sds_stream *s, bool push)
@@ -206,6 +285,7 @@ static void sotw_evaluate(sds_stream *s, bool push)
         sub *u = &s->subs[i];
         if (!mid_is_ok(sds_secret_digest(v, u->name, &cur[i]))) {
             if (mid_errcode() != MID_E_NOT_FOUND) goto nomem;
+            cur[i].hex[0] = '\0';
             if (u->sent.hex[0]) {
                 char p[PRINT_MAX * 4 + 8];
                 LOG_INFO("sds: resource '%s' disappeared from the workload's view",
@@ -233,11 +313,15 @@ static void sotw_evaluate(sds_stream *s, bool push)
             s->version++;
             memcpy(s->nonce, nonce, sizeof nonce);
             memcpy(s->sent_version, version, sizeof version);
-            for (size_t k = 0; k < n; k++) s->subs[idx[k]].sent = cur[idx[k]];
+            for (size_t k = 0; k < n; k++) {
+                s->subs[idx[k]].sent = cur[idx[k]];
+                s->subs[idx[k]].sent_in = s->version;
+            }
             s->svc->st.responses++;
             if (push) s->svc->st.pushes++;
         }
     }
+    note_vc_state(s, v, cur);
     arena_free(a);
     sds_view_unref(v);
     return;
@@ -304,13 +388,16 @@ static void sotw_request(sds_stream *s, const disc_req *req)
     if (rn[0]) {
         if (strcmp(rn, s->nonce) != 0) {
             /* Superseded by a response the client has not seen yet (or
-             * garbage): its answer is already on the way. */
+             * garbage): its answer is already on the way. A rejection
+             * still means that content is not held. */
             svc->st.stale++;
+            if (req->error_detail) s->nack_since_ack = true;
             LOG_DEBUG("sds: ignoring request with stale nonce '%s'", sds_printable(rn, p, sizeof p));
             return;
         }
         if (req->error_detail) {
             svc->st.nacks++;
+            s->nack_since_ack = true;
             LOG_WARN("sds: client rejected version %s (code %d): %s; keeping version %s",
                      s->sent_version, (int)req->error_detail->code,
                      sds_printable(req->error_detail->message, p, sizeof p),
@@ -318,6 +405,7 @@ static void sotw_request(sds_stream *s, const disc_req *req)
         } else {
             svc->st.acks++;
             memcpy(s->acked_version, s->sent_version, sizeof s->acked_version);
+            record_ack(s);
         }
     }
     s->got_request = true;
@@ -348,6 +436,7 @@ static void delta_evaluate(sds_stream *s, bool push)
         sub *u = &s->subs[i];
         if (!mid_is_ok(sds_secret_digest(v, u->name, &cur[i]))) {
             if (mid_errcode() != MID_E_NOT_FOUND) goto nomem;
+            cur[i].hex[0] = '\0';
             note_unknown(s, u);
             /* The client holds it (or asked and waits for an answer): say
              * it does not exist. Only once. */
@@ -385,16 +474,19 @@ static void delta_evaluate(sds_stream *s, bool push)
             memcpy(s->nonce, nonce, sizeof nonce);
             for (size_t k = 0; k < na; k++) {
                 s->subs[added[k]].sent = cur[added[k]];
+                s->subs[added[k]].sent_in = s->version;
                 s->subs[added[k]].must_answer = false;
             }
             for (size_t k = 0; k < nr; k++) {
                 s->subs[removed[k]].sent.hex[0] = '\0';
+                s->subs[removed[k]].sent_in = s->version;
                 s->subs[removed[k]].must_answer = false;
             }
             s->svc->st.responses++;
             if (push) s->svc->st.pushes++;
         }
     }
+    note_vc_state(s, v, cur);
     arena_free(a);
     sds_view_unref(v);
     return;
@@ -455,13 +547,16 @@ static void delta_request(sds_stream *s, const delta_req *req)
         if (strcmp(rn, s->nonce) != 0) {
             /* the ACK/NACK part is moot; subscription changes still apply */
             svc->st.stale++;
+            if (req->error_detail) s->nack_since_ack = true;
             LOG_DEBUG("sds: delta request with stale nonce '%s'", sds_printable(rn, p, sizeof p));
         } else if (req->error_detail) {
             svc->st.nacks++;
+            s->nack_since_ack = true;
             LOG_WARN("sds: client rejected delta response %s (code %d): %s", s->nonce,
                      (int)req->error_detail->code, sds_printable(req->error_detail->message, p, sizeof p));
         } else {
             svc->st.acks++;
+            record_ack(s);
         }
     }
     for (size_t i = 0; i < req->n_resource_names_unsubscribe; i++)
@@ -486,8 +581,12 @@ static void delta_request(sds_stream *s, const delta_req *req)
             if (!e || !e->key || !e->value) continue;
             sub *u = find_sub(s, e->key);
             if (!u) continue;
-            if (strlen(e->value) == SDS_DIGEST_HEX) memcpy(u->sent.hex, e->value, SDS_DIGEST_HEX + 1);
-            else memcpy(u->sent.hex, "?", 2); /* held, version not ours: differs from any digest */
+            if (strlen(e->value) == SDS_DIGEST_HEX) {
+                memcpy(u->sent.hex, e->value, SDS_DIGEST_HEX + 1);
+                u->acked = u->sent; /* the client holds it */
+            } else {
+                memcpy(u->sent.hex, "?", 2); /* held, version not ours: differs from any digest */
+            }
         }
     }
     s->got_request = true;
@@ -553,8 +652,11 @@ static void on_stream_message(rpc_call *call, const ProtobufCMessage *m, void *c
         return;
     }
     if (!s->wl) return; /* attestation failed; the abort is on its way */
+    bool held = stream_holds_vc(s);
     if (s->delta) delta_request(s, (const delta_req *)m);
     else sotw_request(s, (const disc_req *)m);
+    /* starting to count, unsubscribing or being aborted moves the minimum */
+    if (held != stream_holds_vc(s)) ack_changed(s->svc);
 }
 
 static void on_stream_done(rpc_call *call, bool cancelled, void *ctx)
@@ -563,11 +665,13 @@ static void on_stream_done(rpc_call *call, bool cancelled, void *ctx)
     sds_service *svc = ctx;
     sds_stream *s = rpc_call_user(call);
     if (!s) return;
+    bool held = stream_got_vc(s);
     unlink_stream(svc, s);
     if (s->wl) svc->src.ops->workload_free(svc->src.ctx, s->wl);
     subs_free(s->subs, s->n_subs);
     free(s);
     rpc_call_set_user(call, NULL);
+    if (held) ack_changed(svc);
 }
 
 /* ---- FetchSecrets (unary) ------------------------------------------------- */
@@ -732,9 +836,30 @@ void sds_service_notify(sds_service *svc)
     for (sds_stream *s = svc->streams, *next; s; s = next) {
         next = s->next; /* abort never frees synchronously, but do not rely on it */
         if (!s->wl || !s->got_request) continue;
+        bool held = stream_holds_vc(s);
         if (s->delta) delta_evaluate(s, true);
         else sotw_evaluate(s, true);
+        if (held != stream_holds_vc(s)) ack_changed(svc);
     }
+}
+
+size_t sds_service_bundle_acked(const sds_service *svc, uint64_t *min_seq)
+{
+    uint64_t m = UINT64_MAX;
+    size_t n = 0;
+    for (const sds_stream *s = svc->streams; s; s = s->next) {
+        if (!stream_holds_vc(s)) continue;
+        n++;
+        if (s->acked_seq < m) m = s->acked_seq;
+    }
+    *min_seq = m;
+    return n;
+}
+
+void sds_service_on_bundle_ack(sds_service *svc, void (*fn)(void *arg), void *arg)
+{
+    svc->on_ack = fn;
+    svc->on_ack_arg = arg;
 }
 
 void sds_service_stats_get(const sds_service *svc, sds_service_stats *out)

@@ -61,6 +61,22 @@ MID_RESULT sds_service_new(rpc_server *srv, sds_source src, const sds_service_op
  * first identity get their first response). Loop thread only. */
 void sds_service_notify(sds_service *svc);
 
+/* Bundle ACK tracking, for safe CA activation (docs/sds.md, "Bundle
+ * acknowledgement"). A stream counts once a validation context it
+ * subscribes (ROOTCA, ALL, spiffe://<td>) has been sent to its client; for
+ * each we keep the newest bundle sequence (the sequence of the view's first
+ * bundle) whose validation contexts the client has ACKed exactly, in every
+ * name it subscribes. NACKed and superseded responses do not count.
+ * Returns the number of such open streams and sets *min_seq to the smallest
+ * sequence among them, UINT64_MAX when there are none. Loop thread. */
+size_t sds_service_bundle_acked(const sds_service *svc, uint64_t *min_seq);
+
+/* fn(arg) is called on the loop thread whenever the value above may have
+ * changed (a stream started counting, ACKed a newer bundle, stopped counting
+ * or ended); it may be called from inside service callbacks, so it should
+ * only schedule work. fn NULL removes the hook. */
+void sds_service_on_bundle_ack(sds_service *svc, void (*fn)(void *arg), void *arg);
+
 /* Copies the counters. */
 void sds_service_stats_get(const sds_service *svc, sds_service_stats *out);
 

@@ -28,12 +28,20 @@ struct wl_stream {
     wl_kind kind;
     bool sent_any;
     sds_digest sent; /* digest of the last message sent */
+    /* bundle delivery (workload_api_bundle_sent): the sequence of the view
+     * whose content the client has been sent in full (written out: the send
+     * queue drained), and that of the message still in the queue */
+    uint64_t sent_seq;
+    uint64_t pending_seq;
+    bool draining;
 };
 
 struct workload_api {
     sds_source src;
     wl_stream *streams;
     workload_api_stats st;
+    void (*on_sent)(void *arg);
+    void *on_sent_arg;
 };
 
 /* The spec's own wording for the missing header. */
@@ -58,6 +66,25 @@ static void stream_abort(wl_stream *s, rpc_code code, const char *msg)
     if (rpc_call_is_closed(s->call)) return;
     s->api->st.aborted++;
     rpc_call_abort(s->call, code, msg);
+}
+
+/* Streams that carry X.509 bundles and have been sent one count for
+ * workload_api_bundle_sent. */
+static bool carries_bundle(const wl_stream *s)
+{
+    return s->kind != WS_JWT_BUNDLES && s->sent_any;
+}
+
+static void note_sent(wl_stream *s, uint64_t seq)
+{
+    if (seq <= s->sent_seq) return;
+    s->sent_seq = seq;
+    if (s->api->on_sent) s->api->on_sent(s->api->on_sent_arg);
+}
+
+static uint64_t view_seq(const sds_view *v)
+{
+    return sds_view_bundle_count(v) > 0 ? sds_view_bundle(v, 0)->sequence : 0;
 }
 
 /* Builds and sends the stream's message if its content changed. */
@@ -97,7 +124,15 @@ static void evaluate(wl_stream *s, bool push)
         break;
     }
     if (!mid_is_ok(r)) goto fail;
-    if (s->sent_any && strcmp(d.hex, s->sent.hex) == 0) goto out;
+    if (s->sent_any && strcmp(d.hex, s->sent.hex) == 0) {
+        /* what the client has (or is being sent) is this view's content */
+        if (s->draining) {
+            if (view_seq(v) > s->pending_seq) s->pending_seq = view_seq(v);
+        } else {
+            note_sent(s, view_seq(v));
+        }
+        goto out;
+    }
     if (!mid_is_ok(r = arena_new(0, &a))) goto fail;
     if (s->kind == WS_X509_SVID) {
         X509SVIDResponse *m;
@@ -128,7 +163,11 @@ static void evaluate(wl_stream *s, bool push)
         goto out;
     }
     s->sent = d;
+    bool first = !carries_bundle(s);
     s->sent_any = true;
+    if (first && carries_bundle(s) && api->on_sent) api->on_sent(api->on_sent_arg);
+    s->pending_seq = view_seq(v);
+    s->draining = true; /* counted as delivered once on_drain says it was written */
     api->st.responses++;
     if (push) api->st.pushes++;
     goto out;
@@ -191,12 +230,22 @@ static void on_jwt_bundles(rpc_call *call, const ProtobufCMessage *req, void *ct
     stream_start(call, WS_JWT_BUNDLES, ctx);
 }
 
+static void on_stream_drain(rpc_call *call, void *ctx)
+{
+    (void)ctx;
+    wl_stream *s = rpc_call_user(call);
+    if (!s || !s->draining) return;
+    s->draining = false;
+    note_sent(s, s->pending_seq);
+}
+
 static void on_stream_done(rpc_call *call, bool cancelled, void *ctx)
 {
     (void)cancelled;
     workload_api *api = ctx;
     wl_stream *s = rpc_call_user(call);
     if (!s) return;
+    bool counted = carries_bundle(s);
     if (s->prev) s->prev->next = s->next;
     else api->streams = s->next;
     if (s->next) s->next->prev = s->prev;
@@ -204,6 +253,7 @@ static void on_stream_done(rpc_call *call, bool cancelled, void *ctx)
     api->src.ops->workload_free(api->src.ctx, s->wl);
     free(s);
     rpc_call_set_user(call, NULL);
+    if (counted && api->on_sent) api->on_sent(api->on_sent_arg);
 }
 
 static void on_jwt_unimplemented(rpc_call *call, const ProtobufCMessage *req, void *ctx)
@@ -219,8 +269,10 @@ static void on_jwt_unimplemented(rpc_call *call, const ProtobufCMessage *req, vo
                    "JWT-SVIDs are not supported by this agent yet (X.509-SVIDs only)");
 }
 
-static const rpc_handler x509_svid_h = {.on_start = on_x509_svid, .on_done = on_stream_done};
-static const rpc_handler x509_bundles_h = {.on_start = on_x509_bundles, .on_done = on_stream_done};
+static const rpc_handler x509_svid_h = {.on_start = on_x509_svid, .on_drain = on_stream_drain,
+                                        .on_done = on_stream_done};
+static const rpc_handler x509_bundles_h = {.on_start = on_x509_bundles, .on_drain = on_stream_drain,
+                                           .on_done = on_stream_done};
 static const rpc_handler jwt_bundles_h = {.on_start = on_jwt_bundles, .on_done = on_stream_done};
 static const rpc_handler jwt_unimpl_h = {.on_start = on_jwt_unimplemented};
 
@@ -261,6 +313,25 @@ void workload_api_notify(workload_api *api)
         next = s->next;
         evaluate(s, true);
     }
+}
+
+size_t workload_api_bundle_sent(const workload_api *api, uint64_t *min_seq)
+{
+    uint64_t m = UINT64_MAX;
+    size_t n = 0;
+    for (const wl_stream *s = api->streams; s; s = s->next) {
+        if (!carries_bundle(s) || rpc_call_is_closed(s->call)) continue;
+        n++;
+        if (s->sent_seq < m) m = s->sent_seq;
+    }
+    *min_seq = m;
+    return n;
+}
+
+void workload_api_on_bundle_sent(workload_api *api, void (*fn)(void *arg), void *arg)
+{
+    api->on_sent = fn;
+    api->on_sent_arg = arg;
 }
 
 void workload_api_stats_get(const workload_api *api, workload_api_stats *out) { *out = api->st; }

@@ -55,6 +55,21 @@ MID_RESULT workload_api_new(rpc_server *srv, sds_source src, workload_api **out)
  * streams ended with PERMISSION_DENIED. Loop thread only. */
 void workload_api_notify(workload_api *w);
 
+/* Bundle delivery, for safe CA activation: every open FetchX509SVID /
+ * FetchX509Bundles stream that has been sent a message counts (one still
+ * waiting for its identity does not); for each we keep the bundle sequence
+ * (of the view's first bundle) of the newest content written out to the
+ * client in full (the send queue drained). Returns the number of such
+ * streams and sets *min_seq to the smallest sequence among them,
+ * UINT64_MAX when there are none. Loop thread. */
+size_t workload_api_bundle_sent(const workload_api *api, uint64_t *min_seq);
+
+/* fn(arg) is called on the loop thread whenever that value may have changed
+ * (a stream started counting, newer content written, a counted stream ended);
+ * it may be called from inside service callbacks, so it should only
+ * schedule work. NULL removes. */
+void workload_api_on_bundle_sent(workload_api *api, void (*fn)(void *arg), void *arg);
+
 void workload_api_stats_get(const workload_api *w, workload_api_stats *out);
 
 /* Frees the service; NULL is a no-op. Only after rpc_loop_free. */

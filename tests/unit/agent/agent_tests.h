@@ -15,6 +15,7 @@
 #define FAKE_AGENT_ID "spiffe://test.example/agent/node1"
 #define FAKE_MAX_ENTRIES 16
 #define FAKE_MAX_CSRS 1024
+#define FAKE_MAX_ROOTS 4
 
 typedef struct fake_entry {
     char id[32];
@@ -24,6 +25,7 @@ typedef struct fake_entry {
     char dns[64];       /* "" for none */
     uint64_t revision;
     int fail_code;      /* BatchSign answers this code for the entry (0: sign) */
+    int root;           /* the authority that signs its SVIDs (fake_add_root; 0: the CA) */
 } fake_entry;
 
 typedef struct fake_server fake_server;
@@ -48,6 +50,17 @@ void fake_push(fake_server *f);
 
 /* Down: every call fails with UNAVAILABLE and open Sync streams are ended. */
 void fake_set_down(fake_server *f, bool down);
+
+/* Another self-signed root for FAKE_TD (index for fake_entry.root), in the
+ * Sync bundle or not; adding it to the bundle bumps the bundle sequence.
+ * Changes reach the agent with fake_push. */
+int fake_add_root(fake_server *f, bool in_bundle);
+void fake_set_root_in_bundle(fake_server *f, int root, bool in_bundle);
+uint64_t fake_bundle_sequence(const fake_server *f);
+/* The root's authority id (lowercase hex SKI). */
+void fake_root_id(const fake_server *f, int root, char *hex, size_t cap);
+/* Sync states carry this one tainted authority id from now on (NULL: none). */
+void fake_set_tainted(fake_server *f, const char *id);
 
 /* Agent SVID lifetime (seconds) for AttestAgent / RenewAgent. */
 void fake_set_agent_ttl(fake_server *f, int64_t ttl);
@@ -82,6 +95,9 @@ typedef struct {
     int drop_notes;      /* accepted denials whose reason names dropped ones */
     uint64_t last_bundle_ack, last_rev_ack;
     int acks;
+    int sync_reqs;            /* every AgentSyncRequest */
+    uint64_t last_sds_ack;    /* sds_bundle_sequence_ack of the last one */
+    int sds_ack_above;        /* requests whose sds ack exceeded the bundle ack */
     int unauthenticated; /* calls without a valid agent certificate */
 } fake_counts;
 const fake_counts *fake_get_counts(const fake_server *f);

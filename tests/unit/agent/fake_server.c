@@ -55,6 +55,14 @@ struct fake_server {
     fake_denial denials[FAKE_MAX_DENIALS];
     size_t n_denials;
     int deny_limit;
+    /* extra authorities: roots[0] is `ca`; each signs SVIDs of the entries
+     * naming it, and is in the Sync bundle when in_bundle */
+    X509 *roots[FAKE_MAX_ROOTS];
+    EVP_PKEY *root_keys[FAKE_MAX_ROOTS];
+    bool in_bundle[FAKE_MAX_ROOTS];
+    size_t n_roots;
+    uint64_t bundle_seq;
+    char tainted[128];
 };
 
 /* ---- certificates ---------------------------------------------------------- */
@@ -101,9 +109,10 @@ static EVP_PKEY *new_key(void)
     return k;
 }
 
-/* A certificate for `pub` signed by the fake CA (self-signed when ca NULL). */
-static X509 *make_cert(fake_server *f, EVP_PKEY *pub, const char *san, bool is_ca, int64_t ttl,
-                       int64_t backdate)
+/* A certificate for `pub` signed by `issuer` with `issuer_key` (self-signed
+ * when issuer is NULL). */
+static X509 *make_cert_by(fake_server *f, X509 *issuer, EVP_PKEY *issuer_key, EVP_PKEY *pub,
+                          const char *san, bool is_ca, int64_t ttl, int64_t backdate)
 {
     X509 *x = X509_new();
     X509_set_version(x, 2);
@@ -113,15 +122,22 @@ static X509 *make_cert(fake_server *f, EVP_PKEY *pub, const char *san, bool is_c
     X509_set_pubkey(x, pub);
     X509_NAME *n = X509_get_subject_name(x);
     X509_NAME_add_entry_by_txt(n, "O", MBSTRING_ASC, (const unsigned char *)"fake", -1, -1, 0);
-    X509_set_issuer_name(x, f->ca ? X509_get_subject_name(f->ca) : n);
-    ext(x, f->ca, NID_basic_constraints, is_ca ? "critical,CA:TRUE" : "critical,CA:FALSE");
-    ext(x, f->ca, NID_key_usage,
+    X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : n);
+    ext(x, issuer, NID_basic_constraints, is_ca ? "critical,CA:TRUE" : "critical,CA:FALSE");
+    ext(x, issuer, NID_key_usage,
         is_ca ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature,keyEncipherment");
-    ext(x, f->ca, NID_subject_key_identifier, "hash");
-    if (f->ca) ext(x, f->ca, NID_authority_key_identifier, "keyid:always");
-    ext(x, f->ca, NID_subject_alt_name, san);
-    assert_true(X509_sign(x, f->ca_key, EVP_sha256()) > 0);
+    ext(x, issuer, NID_subject_key_identifier, "hash");
+    if (issuer) ext(x, issuer, NID_authority_key_identifier, "keyid:always");
+    ext(x, issuer, NID_subject_alt_name, san);
+    assert_true(X509_sign(x, issuer_key, EVP_sha256()) > 0);
     return x;
+}
+
+/* A certificate for `pub` signed by the fake CA (self-signed when ca NULL). */
+static X509 *make_cert(fake_server *f, EVP_PKEY *pub, const char *san, bool is_ca, int64_t ttl,
+                       int64_t backdate)
+{
+    return make_cert_by(f, f->ca, f->ca_key, pub, san, is_ca, ttl, backdate);
 }
 
 static ProtobufCBinaryData der_of(X509 *x)
@@ -307,7 +323,9 @@ static void sign_start(rpc_call *call, const ProtobufCMessage *m, void *ctx)
         if (e->dns[0]) snprintf(san, sizeof san, "URI:%s,DNS:%s", e->spiffe_id, e->dns);
         else snprintf(san, sizeof san, "URI:%s", e->spiffe_id);
         /* backdated like the real CA (CA_CLOCK_SKEW) */
-        X509 *x = make_cert(f, k, san, false, e->ttl ? e->ttl : 3600, 30);
+        size_t ri = (size_t)e->root < f->n_roots ? (size_t)e->root : 0;
+        X509 *x = make_cert_by(f, f->roots[ri], f->root_keys[ri], k, san, false,
+                               e->ttl ? e->ttl : 3600, 30);
         EVP_PKEY_free(k);
         chains[i] = der_of(x);
         X509_free(x);
@@ -408,17 +426,25 @@ static void send_state(fake_server *f, rpc_call *call)
         }
         ep[i] = &es[i];
     }
-    ProtobufCBinaryData bundle = der_of(f->ca);
+    ProtobufCBinaryData bundle[FAKE_MAX_ROOTS];
+    size_t nb = 0;
+    for (size_t i = 0; i < f->n_roots; i++)
+        if (f->in_bundle[i]) bundle[nb++] = der_of(f->roots[i]);
+    char *tainted = f->tainted;
     Meshid__Agent__V1__AgentSyncResponse resp = MESHID__AGENT__V1__AGENT_SYNC_RESPONSE__INIT;
-    resp.n_bundle = 1;
-    resp.bundle = &bundle;
-    resp.bundle_sequence = 1;
+    resp.n_bundle = nb;
+    resp.bundle = bundle;
+    resp.bundle_sequence = f->bundle_seq;
     resp.n_entries = f->n_entries;
     resp.entries = ep;
     resp.entries_revision = f->rev;
+    if (tainted[0]) {
+        resp.n_tainted_authority_ids = 1;
+        resp.tainted_authority_ids = &tainted;
+    }
     mid_result r = rpc_call_send(call, &resp.base);
     (void)r;
-    free(bundle.data);
+    free_bins(bundle, nb);
     free(es);
     free(ep);
     free(ss);
@@ -464,6 +490,9 @@ static void sync_msg(rpc_call *call, const ProtobufCMessage *m, void *ctx)
         f->c.last_bundle_ack = req->bundle_sequence_ack;
         f->c.last_rev_ack = req->entries_revision_ack;
     }
+    f->c.sync_reqs++;
+    f->c.last_sds_ack = req->sds_bundle_sequence_ack;
+    if (req->sds_bundle_sequence_ack > req->bundle_sequence_ack) f->c.sds_ack_above++;
     /* answer the opening message of a stream with the state */
     if (rpc_call_user(call) == f) {
         rpc_call_set_user(call, NULL);
@@ -504,6 +533,11 @@ fake_server *fake_new(rpc_loop *loop)
     f->ca_key = new_key();
     f->ca = make_cert(f, f->ca_key, "URI:spiffe://" FAKE_TD, true, 86400, 60);
     f->ca_pem = pem_of_cert(f->ca);
+    f->roots[0] = f->ca;
+    f->root_keys[0] = f->ca_key;
+    f->in_bundle[0] = true;
+    f->n_roots = 1;
+    f->bundle_seq = 1;
     EVP_PKEY *sk = new_key();
     X509 *sx = make_cert(f, sk, "URI:spiffe://" FAKE_TD "/meshid/server,DNS:localhost,IP:127.0.0.1",
                          false, 86400, 60);
@@ -543,6 +577,10 @@ void fake_free(fake_server *f)
     if (!f) return;
     for (size_t i = 0; i < f->n_csrs; i++) free(f->csrs[i].d);
     for (size_t i = 0; i < f->n_reqs; i++) free(f->reqs[i].d);
+    for (size_t i = 1; i < f->n_roots; i++) {
+        X509_free(f->roots[i]);
+        EVP_PKEY_free(f->root_keys[i]);
+    }
     X509_free(f->ca);
     EVP_PKEY_free(f->ca_key);
     free(f->ca_pem);
@@ -608,6 +646,42 @@ void fake_set_down(fake_server *f, bool down)
 }
 
 void fake_set_agent_ttl(fake_server *f, int64_t ttl) { f->agent_ttl = ttl; }
+
+int fake_add_root(fake_server *f, bool in_bundle)
+{
+    assert_true(f->n_roots < FAKE_MAX_ROOTS);
+    size_t i = f->n_roots++;
+    f->root_keys[i] = new_key();
+    f->roots[i] = make_cert_by(f, NULL, f->root_keys[i], f->root_keys[i], "URI:spiffe://" FAKE_TD,
+                               true, 86400, 60);
+    f->in_bundle[i] = in_bundle;
+    if (in_bundle) f->bundle_seq++;
+    return (int)i;
+}
+
+void fake_set_root_in_bundle(fake_server *f, int root, bool in_bundle)
+{
+    assert_true(root >= 0 && (size_t)root < f->n_roots);
+    if (f->in_bundle[root] == in_bundle) return;
+    f->in_bundle[root] = in_bundle;
+    f->bundle_seq++;
+}
+
+uint64_t fake_bundle_sequence(const fake_server *f) { return f->bundle_seq; }
+
+void fake_root_id(const fake_server *f, int root, char *hex, size_t cap)
+{
+    assert_true(root >= 0 && (size_t)root < f->n_roots);
+    const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(f->roots[root]);
+    assert_non_null(ski);
+    assert_true(cap > (size_t)ski->length * 2);
+    for (int i = 0; i < ski->length; i++) snprintf(hex + 2 * i, 3, "%02x", ski->data[i]);
+}
+
+void fake_set_tainted(fake_server *f, const char *id)
+{
+    snprintf(f->tainted, sizeof f->tainted, "%s", id ? id : "");
+}
 
 void fake_seed_identity(fake_server *f, const char *data_dir, int64_t ttl)
 {

@@ -2,8 +2,11 @@
  * token, the persisted identity reused after a restart, workload SVIDs for
  * locally generated keys, rotation at half life, re-issue on entry change,
  * serving from the cache while the server is down, agent SVID renewal,
- * selector matching (denied / not issued yet / matched, default order), and
- * refusals reported to the server (coalesced, bounded, retried). */
+ * selector matching (denied / not issued yet / matched, default order),
+ * refusals reported to the server (coalesced, bounded, retried), and CA
+ * rotation: sds_bundle_sequence_ack waits for a real SDS client's ACK, taint
+ * re-issues exactly the affected SVIDs, an SVID that does not verify against
+ * the agent's bundle is never served. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -21,10 +24,14 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
+#include "envoy/service/discovery/v3/discovery.pb-c.h"
 #include "lib/log.h"
 #include "sds/agent.h"
 #include "sds/agent_cache.h"
+#include "sds/sds_service.h"
+#include "sds/secrets.h"
 #include "tests/unit/agent/agent_tests.h"
 
 #define WL_A "spiffe://" FAKE_TD "/a"
@@ -41,6 +48,7 @@ typedef struct {
     char fatal_msg[256];
     char uid_sel[32]; /* "uid:<euid>" */
     char gid_sel[32];
+    char sock[4200];  /* SDS / Workload API socket; "" for none */
 } env;
 
 static int setup(void **state)
@@ -89,7 +97,8 @@ static mid_result start_agent(env *e, const char *token)
                     .on_fatal_arg = e,
                     .backoff_min_ms = 100,
                     .backoff_max_ms = 400,
-                    .report_interval_ms = 100};
+                    .report_interval_ms = 100,
+                    .socket_path = e->sock[0] ? e->sock : NULL};
     return agent_start(&o, e->loop, &e->a);
 }
 
@@ -677,6 +686,237 @@ static void test_denial_queue_bounded(void **state)
     assert_int_equal(st.denials_queued, 0);
 }
 
+/* ---- CA rotation: bundle acks, taint, verification ----------------------------------- */
+
+typedef Envoy__Service__Discovery__V3__DiscoveryRequest disc_req;
+typedef Envoy__Service__Discovery__V3__DiscoveryResponse disc_resp;
+
+/* An SDS client (StreamSecrets) on the agent's socket, on the test loop. */
+typedef struct {
+    rpc_channel *ch;
+    rpc_stream *st;
+    int n;           /* responses received */
+    char nonce[128]; /* of the last one */
+    bool done;
+} sds_client;
+
+static void sdsc_msg(rpc_stream *s, const ProtobufCMessage *m, void *arg)
+{
+    (void)s;
+    sds_client *c = arg;
+    const disc_resp *r = (const disc_resp *)m;
+    snprintf(c->nonce, sizeof c->nonce, "%s", r->nonce);
+    c->n++;
+}
+
+static void sdsc_done(rpc_stream *s, const rpc_status *st, void *arg)
+{
+    (void)s;
+    (void)st;
+    sds_client *c = arg;
+    c->done = true;
+    c->st = NULL;
+}
+
+static const rpc_stream_handler sdsc_h = {sdsc_msg, sdsc_done};
+
+static void sdsc_send(sds_client *c, const char *nonce)
+{
+    const char *names[] = {"default", "ROOTCA"};
+    disc_req r = ENVOY__SERVICE__DISCOVERY__V3__DISCOVERY_REQUEST__INIT;
+    r.resource_names = (char **)names;
+    r.n_resource_names = 2;
+    r.type_url = (char *)SDS_SECRET_TYPE_URL;
+    if (nonce) r.response_nonce = (char *)nonce;
+    assert_true(mid_is_ok(rpc_stream_send(c->st, &r.base)));
+}
+
+static void sdsc_open(env *e, sds_client *c)
+{
+    char target[4300];
+    snprintf(target, sizeof target, "unix:%s", e->sock);
+    assert_true(mid_is_ok(rpc_channel_new(e->loop, target, NULL, 0, &c->ch)));
+    assert_true(mid_is_ok(rpc_stream_open(c->ch, SDS_M_STREAM, RPC_BIDI, NULL,
+                                          &envoy__service__discovery__v3__discovery_response__descriptor,
+                                          NULL, &sdsc_h, c, &c->st)));
+    sdsc_send(c, NULL);
+}
+
+typedef struct {
+    env *e;
+    sds_client *c;
+    int n;
+    uint64_t seq;
+} ack_wait;
+
+static bool sdsc_got(void *arg)
+{
+    ack_wait *w = arg;
+    return w->c->n >= w->n;
+}
+
+static bool sds_acked(void *arg)
+{
+    ack_wait *w = arg;
+    return fake_get_counts(w->e->f)->last_sds_ack == w->seq;
+}
+
+static bool bundle_acked(void *arg)
+{
+    ack_wait *w = arg;
+    return fake_get_counts(w->e->f)->last_bundle_ack == w->seq;
+}
+
+/* A bundle change is acked in sds_bundle_sequence_ack only once the SDS
+ * client subscribed to ROOTCA has ACKed the response carrying it. */
+static void test_sds_ack_waits_for_client(void **state)
+{
+    env *e = *state;
+    snprintf(e->sock, sizeof e->sock, "%s/agent.sock", e->dir);
+    fake_add_entry(e->f, "e1", WL_A, e->uid_sel, 3600);
+    start_seeded(e);
+    wait_issued(e, 1);
+    /* no local stream: the SDS ack is the bundle ack */
+    ack_wait w = {.e = e, .seq = 1};
+    assert_true(run_until(e->loop, sds_acked, &w, 2000));
+
+    sds_client c = {0};
+    sdsc_open(e, &c);
+    w.c = &c;
+    w.n = 1;
+    assert_true(run_until(e->loop, sdsc_got, &w, 5000));
+    /* sent, not ACKed yet: the stream holds nothing */
+    w.seq = 0;
+    assert_true(run_until(e->loop, sds_acked, &w, 2000));
+    sdsc_send(&c, c.nonce); /* ACK */
+    w.seq = 1;
+    assert_true(run_until(e->loop, sds_acked, &w, 2000));
+
+    /* a new root: the agent acks the bundle at once, the SDS ack waits */
+    fake_add_root(e->f, true);
+    fake_push(e->f);
+    w.seq = 2;
+    assert_true(run_until(e->loop, bundle_acked, &w, 5000));
+    w.n = 2;
+    assert_true(run_until(e->loop, sdsc_got, &w, 5000));
+    run_for(e->loop, 300);
+    assert_int_equal(fake_get_counts(e->f)->last_sds_ack, 1);
+    sdsc_send(&c, c.nonce);
+    assert_true(run_until(e->loop, sds_acked, &w, 2000));
+    assert_int_equal(fake_get_counts(e->f)->sds_ack_above, 0);
+
+    /* the client goes away: nothing holds the ack back */
+    fake_add_root(e->f, true);
+    fake_push(e->f);
+    w.seq = 3;
+    assert_true(run_until(e->loop, bundle_acked, &w, 5000));
+    run_for(e->loop, 200);
+    assert_int_equal(fake_get_counts(e->f)->last_sds_ack, 2);
+    rpc_channel_free(c.ch);
+    assert_true(run_until(e->loop, sds_acked, &w, 5000));
+}
+
+static bool chain_issued_by(env *e, const char *entry_id, int root)
+{
+    const char *chain = NULL;
+    if (!mid_is_ok(agent_cache_svid_info(agent_get_cache(e->a), entry_id, &chain, NULL, NULL)))
+        return false;
+    BIO *b = BIO_new_mem_buf(chain, -1);
+    X509 *x = PEM_read_bio_X509(b, NULL, NULL, NULL);
+    BIO_free(b);
+    assert_non_null(x);
+    const ASN1_OCTET_STRING *aki = X509_get0_authority_key_id(x);
+    char hex[200] = "", want[200];
+    for (int i = 0; aki && i < aki->length; i++) snprintf(hex + 2 * i, 3, "%02x", aki->data[i]);
+    X509_free(x);
+    fake_root_id(e->f, root, want, sizeof want);
+    return strcmp(hex, want) == 0;
+}
+
+/* Taint: the SVIDs chained to the tainted authority are re-issued at once,
+ * the others are left alone, and nothing is re-issued again afterwards. */
+static void test_taint_reissues_affected_only(void **state)
+{
+    env *e = *state;
+    int old_root = fake_add_root(e->f, true);
+    fake_add_entry(e->f, "e1", WL_A, e->uid_sel, 3600);
+    fake_entry *fe2 = fake_add_entry(e->f, "e2", WL_B, "uid:99999", 3600);
+    fe2->root = old_root;
+    start_seeded(e);
+    wait_issued(e, 2);
+    assert_true(chain_issued_by(e, "e2", old_root));
+    char e1_serial[80];
+    snprintf(e1_serial, sizeof e1_serial, "%s", serial_of(e, "e1"));
+    serial_wait w = {.e = e, .id = "e2"};
+    snprintf(w.old, sizeof w.old, "%s", serial_of(e, "e2"));
+    int signs = fake_get_counts(e->f)->signs;
+
+    char id[200];
+    fake_root_id(e->f, old_root, id, sizeof id);
+    fake_set_tainted(e->f, id);
+    fe2->root = 0; /* the server signs with the active authority now */
+    fake_push(e->f);
+    assert_true(run_until(e->loop, serial_changed, &w, 1000)); /* at once: no backoff */
+    assert_true(chain_issued_by(e, "e2", 0));
+    assert_string_equal(serial_of(e, "e1"), e1_serial);
+    assert_int_equal(fake_get_counts(e->f)->signs, signs + 1);
+    agent_cache_stats st;
+    agent_cache_get_stats(agent_get_cache(e->a), &st);
+    assert_int_equal(st.taint_reissues, 1);
+
+    /* the same taint again (any new state): nothing left to re-issue */
+    fake_push(e->f);
+    run_for(e->loop, 400);
+    assert_int_equal(fake_get_counts(e->f)->signs, signs + 1);
+    assert_string_equal(serial_of(e, "e1"), e1_serial);
+}
+
+/* An SVID that does not verify against the agent's bundle is never served:
+ * none at first, the previous one later; a bundle that makes it verify is
+ * retried at once. */
+static void test_unverifiable_svid_not_served(void **state)
+{
+    env *e = *state;
+    int hidden = fake_add_root(e->f, false);
+    fake_entry *fe = fake_add_entry(e->f, "e1", WL_A, e->uid_sel, 3600);
+    fe->root = hidden;
+    start_seeded(e);
+    run_for(e->loop, 800);
+    agent_cache_stats st;
+    agent_cache_get_stats(agent_get_cache(e->a), &st);
+    assert_int_equal(st.issued, 0);
+    assert_true(st.unverified >= 1);
+    assert_true(fake_get_counts(e->f)->signs >= 1);
+    char sel[64];
+    snprintf(sel, sizeof sel, "unix:%s", e->uid_sel);
+    const char *sels[] = {sel};
+    sds_view *v = NULL;
+    assert_int_equal(agent_cache_view_for(agent_get_cache(e->a), sels, 1, &v).err, MID_E_NOT_FOUND);
+
+    /* the root reaches the bundle: retried at once and served */
+    fake_set_root_in_bundle(e->f, hidden, true);
+    fake_push(e->f);
+    wait_issued(e, 1);
+    assert_true(chain_issued_by(e, "e1", hidden));
+
+    /* a re-issue through an authority the agent does not trust: the
+     * current SVID stays */
+    int other = fake_add_root(e->f, false);
+    serial_wait w = {.e = e, .id = "e1"};
+    snprintf(w.old, sizeof w.old, "%s", serial_of(e, "e1"));
+    fe->root = other;
+    fe->ttl = 1800;
+    fe->revision++;
+    int signs = fake_get_counts(e->f)->signs;
+    fake_push(e->f);
+    run_for(e->loop, 800);
+    assert_true(fake_get_counts(e->f)->signs > signs);
+    assert_string_equal(serial_of(e, "e1"), w.old);
+    assert_true(chain_issued_by(e, "e1", hidden));
+    assert_true(mid_is_ok(agent_cache_view_for(agent_get_cache(e->a), sels, 1, &v)));
+    sds_view_unref(v);
+}
+
 int run_agent_tests(void)
 {
     if (getenv("MESHID_TEST_LOG")) log_set_level(LOG_LVL_DEBUG);
@@ -694,6 +934,9 @@ int run_agent_tests(void)
         cmocka_unit_test_setup_teardown(test_denials_reported_coalesced, setup, teardown),
         cmocka_unit_test_setup_teardown(test_denials_retried, setup, teardown),
         cmocka_unit_test_setup_teardown(test_denial_queue_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sds_ack_waits_for_client, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_taint_reissues_affected_only, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unverifiable_svid_not_served, setup, teardown),
     };
     return cmocka_run_group_tests_name("sds/agent", tests, NULL, NULL);
 }

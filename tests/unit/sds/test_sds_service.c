@@ -785,6 +785,178 @@ static void test_fetch(void **state)
     assert_int_equal(u.code, RPC_PERMISSION_DENIED);
 }
 
+/* ---- bundle ACK tracking ------------------------------------------------------- */
+
+/* A view for the web workload with a new SVID and own-domain roots `roots`
+ * (PEM) at bundle sequence `seq`. */
+static void set_bundle_view(fx *f, const char *roots, uint64_t seq)
+{
+    sds_view *v;
+    char *chain, *key;
+    assert_true(mid_is_ok(sds_view_new(&v)));
+    sdsfx_issue(f->ca, "spiffe://example.org/web", &chain, &key);
+    assert_true(mid_is_ok(sds_view_add_svid(v, "spiffe://example.org/web", chain, key, 0)));
+    free(chain);
+    free(key);
+    assert_true(mid_is_ok(sds_view_add_bundle(v, "example.org", roots, seq)));
+    sdsfx_set_view(&f->src, v);
+    sds_service_notify(f->svc);
+}
+
+static size_t acked(fx *f, uint64_t *min)
+{
+    return sds_service_bundle_acked(f->svc, min);
+}
+
+static void count_hook(void *arg) { (*(int *)arg)++; }
+
+static void test_ack_min_sotw(void **state)
+{
+    fx *f = *state;
+    int hooks = 0;
+    sds_service_on_bundle_ack(f->svc, count_hook, &hooks);
+    char roots_b[8192], roots_c[8192], roots_d[8192];
+    snprintf(roots_b, sizeof roots_b, "%s%s", sdsfx_ca_pem(f->ca), sdsfx_ca_pem(f->other));
+    snprintf(roots_c, sizeof roots_c, "%s%s", sdsfx_ca_pem(f->other), sdsfx_ca_pem(f->ca));
+    snprintf(roots_d, sizeof roots_d, "%s%s%s", sdsfx_ca_pem(f->ca), sdsfx_ca_pem(f->other),
+             sdsfx_ca_pem(f->ca));
+    uint64_t min = 0;
+    /* no streams */
+    assert_int_equal(acked(f, &min), 0);
+    assert_true(min == UINT64_MAX);
+    set_bundle_view(f, sdsfx_ca_pem(f->ca), 1);
+
+    /* a stream without a validation context does not count */
+    open_stream(f, SDS_M_STREAM);
+    const char *svid_only[] = {"default"};
+    sotw_send(f, svid_only, 1, NULL, false, NULL);
+    wait_n(f, 1);
+    assert_int_equal(acked(f, &min), 0);
+
+    /* subscribing ROOTCA: counts once sent, holds nothing until ACKed */
+    const char *names[] = {"default", "ROOTCA"};
+    char n1[64], n2[64], n3[64];
+    sotw_nonce(f, 0, n1, sizeof n1, NULL, 0);
+    sotw_send(f, names, 2, n1, false, NULL);
+    wait_n(f, 2);
+    assert_int_equal(acked(f, &min), 1);
+    assert_true(min == 0);
+    sotw_nonce(f, 1, n2, sizeof n2, NULL, 0);
+    sotw_send(f, names, 2, n2, false, NULL); /* ACK */
+    quiet(f);
+    assert_int_equal(acked(f, &min), 1);
+    assert_true(min == 1);
+    assert_true(hooks >= 1);
+
+    /* new roots at #2: pushed; a stale ACK does not count, the real one does */
+    set_bundle_view(f, roots_b, 2);
+    wait_n(f, 3);
+    assert_true(acked(f, &min) == 1 && min == 1);
+    sotw_send(f, names, 2, n2, false, NULL); /* stale */
+    quiet(f);
+    assert_true(acked(f, &min) == 1 && min == 1);
+    sotw_nonce(f, 2, n3, sizeof n3, NULL, 0);
+    sotw_send(f, names, 2, n3, false, NULL);
+    quiet(f);
+    assert_true(acked(f, &min) == 1 && min == 2);
+
+    /* #3 NACKed: not held, also not once a later response (SVID only) is ACKed */
+    set_bundle_view(f, roots_c, 3);
+    wait_n(f, 4);
+    sotw_nonce(f, 3, n3, sizeof n3, NULL, 0);
+    sotw_send(f, names, 2, n3, true, NULL);
+    quiet(f);
+    assert_true(acked(f, &min) == 1 && min == 2);
+    set_bundle_view(f, roots_c, 4); /* same roots, new SVID: only "default" is sent */
+    wait_n(f, 5);
+    char got[256];
+    sotw_names(f, 4, got, sizeof got);
+    assert_string_equal(got, "default");
+    sotw_nonce(f, 4, n3, sizeof n3, NULL, 0);
+    sotw_send(f, names, 2, n3, false, NULL);
+    quiet(f);
+    assert_true(acked(f, &min) == 1 && min == 2);
+
+    /* #5 with new roots, ACKed */
+    set_bundle_view(f, roots_d, 5);
+    wait_n(f, 6);
+    sotw_nonce(f, 5, n3, sizeof n3, NULL, 0);
+    sotw_send(f, names, 2, n3, false, NULL);
+    quiet(f);
+    assert_true(acked(f, &min) == 1 && min == 5);
+
+    /* #6 with the same roots: nothing to send, the client holds #6 already */
+    sds_view *v = f->src.view;
+    sds_view_ref(v);
+    sds_view *v6;
+    assert_true(mid_is_ok(sds_view_new(&v6)));
+    const sds_svid *sv = sds_view_svid(v, 0);
+    assert_true(mid_is_ok(sds_view_add_svid(v6, sv->spiffe_id, sv->chain_pem, sv->key_pem, 0)));
+    assert_true(mid_is_ok(sds_view_add_bundle(v6, "example.org", roots_d, 6)));
+    sds_view_unref(v);
+    sdsfx_set_view(&f->src, v6);
+    sds_service_notify(f->svc);
+    quiet(f);
+    assert_true(acked(f, &min) == 1 && min == 6);
+
+    /* the stream ends: nothing counts any more, the hook is told */
+    int before = hooks;
+    assert_true(mid_is_ok(rpc_stream_close_send(f->st)));
+    wait_done(f);
+    assert_int_equal(acked(f, &min), 0);
+    assert_true(min == UINT64_MAX);
+    assert_true(hooks > before);
+}
+
+static void test_ack_min_waiting_and_delta(void **state)
+{
+    fx *f = *state;
+    uint64_t min = 0;
+    /* a stream waiting for its identity does not count */
+    sdsfx_set_view(&f->src, NULL);
+    open_stream(f, SDS_M_STREAM);
+    const char *names[] = {"ROOTCA"};
+    sotw_send(f, names, 1, NULL, false, NULL);
+    quiet(f);
+    assert_int_equal(acked(f, &min), 0);
+    rpc_stream_cancel(f->st);
+    wait_done(f);
+
+    /* delta: per-resource ACK */
+    set_bundle_view(f, sdsfx_ca_pem(f->ca), 7);
+    open_stream(f, SDS_M_DELTA);
+    const char *sub[] = {"ROOTCA", "spiffe://example.org"};
+    delta_send(f, sub, 2, NULL, 0, NULL, false, NULL, 0);
+    wait_n(f, 1);
+    char got[512], nonce[64];
+    delta_summary(f, 0, got, sizeof got, nonce, sizeof nonce, false);
+    assert_string_equal(got, "ROOTCA,spiffe://example.org|");
+    assert_true(acked(f, &min) == 1 && min == 0);
+    delta_send(f, NULL, 0, NULL, 0, nonce, false, NULL, 0);
+    quiet(f);
+    assert_true(acked(f, &min) == 1 && min == 7);
+    char roots_b[8192];
+    snprintf(roots_b, sizeof roots_b, "%s%s", sdsfx_ca_pem(f->ca), sdsfx_ca_pem(f->other));
+    set_bundle_view(f, roots_b, 8);
+    wait_n(f, 2);
+    assert_true(acked(f, &min) == 1 && min == 7);
+    delta_summary(f, 1, got, sizeof got, nonce, sizeof nonce, false);
+    delta_send(f, NULL, 0, NULL, 0, nonce, true, NULL, 0); /* NACK */
+    quiet(f);
+    assert_true(acked(f, &min) == 1 && min == 7);
+    set_bundle_view(f, sdsfx_ca_pem(f->ca), 9); /* back to what the client holds */
+    wait_n(f, 3);
+    assert_true(acked(f, &min) == 1 && min == 9); /* held already (ACKed at #7) */
+    delta_summary(f, 2, got, sizeof got, nonce, sizeof nonce, false);
+    delta_send(f, NULL, 0, NULL, 0, nonce, false, NULL, 0);
+    quiet(f);
+    assert_true(acked(f, &min) == 1 && min == 9);
+    /* unsubscribing every validation context: no longer counts */
+    delta_send(f, NULL, 0, sub, 2, NULL, false, NULL, 0);
+    quiet(f);
+    assert_int_equal(acked(f, &min), 0);
+}
+
 int run_sds_service_tests(void)
 {
     const struct CMUnitTest tests[] = {
@@ -803,6 +975,8 @@ int run_sds_service_tests(void)
         cmocka_unit_test_setup_teardown(test_delta_initial_resource_versions, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_delta_removal, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_fetch, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_ack_min_sotw, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_ack_min_waiting_and_delta, fx_setup, fx_teardown),
     };
     return cmocka_run_group_tests_name("sds_service", tests, NULL, NULL);
 }

@@ -332,6 +332,84 @@ static void test_waits_for_issue(void **state)
     assert_int_equal(st.pushes, 1);
 }
 
+/* Bundle delivery: streams that were sent a bundle count, with the sequence
+ * of the newest content written out; waiting streams and JWT bundle streams
+ * do not. */
+static void set_seq_view(wfx *f, sdsfx_ca *fed, uint64_t seq)
+{
+    sds_view *v;
+    char *chain, *key;
+    assert_true(mid_is_ok(sds_view_new(&v)));
+    sdsfx_issue(f->ca, "spiffe://example.org/web", &chain, &key);
+    assert_true(mid_is_ok(sds_view_add_svid(v, "spiffe://example.org/web", chain, key, 0)));
+    free(chain);
+    free(key);
+    assert_true(mid_is_ok(sds_view_add_bundle(v, "example.org", sdsfx_ca_pem(f->ca), seq)));
+    if (fed) assert_true(mid_is_ok(sds_view_add_bundle(v, sdsfx_ca_td(fed), sdsfx_ca_pem(fed), seq)));
+    sdsfx_set_view(&f->src, v);
+    workload_api_notify(f->api);
+}
+
+static void count_hook(void *arg) { (*(int *)arg)++; }
+
+static void test_bundle_sent_min(void **state)
+{
+    wfx *f = *state;
+    int hooks = 0;
+    workload_api_on_bundle_sent(f->api, count_hook, &hooks);
+    uint64_t min = 0;
+    assert_int_equal(workload_api_bundle_sent(f->api, &min), 0);
+    assert_true(min == UINT64_MAX);
+
+    /* waiting for an identity: does not count */
+    sdsfx_set_view(&f->src, NULL);
+    open_stream(f, WL_M_FETCH_X509_SVID, true);
+    quiet(f);
+    assert_int_equal(workload_api_bundle_sent(f->api, &min), 0);
+
+    /* issued at #3: sent and written out */
+    set_seq_view(f, NULL, 3);
+    wait_n(f, 1);
+    quiet(f); /* on_drain */
+    assert_int_equal(workload_api_bundle_sent(f->api, &min), 1);
+    assert_true(min == 3);
+    assert_true(hooks >= 1);
+
+    /* a FetchX509Bundles stream joins at #3; a JWT bundles stream never counts */
+    rpc_stream *svid_stream = f->st;
+    open_stream(f, WL_M_FETCH_X509_BUNDLES, true);
+    wait_n(f, 2);
+    rpc_stream *bundles_stream = f->st;
+    open_stream(f, WL_M_FETCH_JWT_BUNDLES, true);
+    wait_n(f, 3);
+    quiet(f);
+    assert_int_equal(workload_api_bundle_sent(f->api, &min), 2);
+    assert_true(min == 3);
+
+    /* #4 with a federated bundle: both streams get it */
+    set_seq_view(f, f->other, 4);
+    wait_n(f, 5);
+    quiet(f);
+    assert_int_equal(workload_api_bundle_sent(f->api, &min), 2);
+    assert_true(min == 4);
+
+    /* #5 with the same bundles: the bundles stream has nothing new to send
+     * but holds #5; the SVID stream gets its new SVID */
+    set_seq_view(f, f->other, 5);
+    wait_n(f, 6);
+    quiet(f);
+    assert_int_equal(workload_api_bundle_sent(f->api, &min), 2);
+    assert_true(min == 5);
+
+    /* ending the streams: nothing counts */
+    int before = hooks;
+    rpc_stream_cancel(svid_stream);
+    rpc_stream_cancel(bundles_stream);
+    for (int i = 0; i < 5 && workload_api_bundle_sent(f->api, &min) > 0; i++) run_for(f, QUIET_MS);
+    assert_int_equal(workload_api_bundle_sent(f->api, &min), 0);
+    assert_true(hooks > before);
+}
+
 int run_workload_api_tests(void)
 {
     const struct CMUnitTest tests[] = {
@@ -341,6 +419,7 @@ int run_workload_api_tests(void)
         cmocka_unit_test_setup_teardown(test_x509_bundles_stream, setup, teardown),
         cmocka_unit_test_setup_teardown(test_jwt, setup, teardown),
         cmocka_unit_test_setup_teardown(test_waits_for_issue, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bundle_sent_min, setup, teardown),
     };
     return cmocka_run_group_tests_name("workload_api", tests, NULL, NULL);
 }
