@@ -364,6 +364,7 @@ out:
 typedef struct {
     store_authority rows[PREPARE_ROWS_MAX];
     lc_event evs[PREPARE_ROWS_MAX];
+    const char *from[PREPARE_ROWS_MAX]; /* the state read; NULL for a new authority */
     size_t n;
 } change_set;
 
@@ -395,6 +396,7 @@ change_add(change_set *cs, const char *event, const char *actor, const store_aut
     MID_GUARD(lc_event_make(&cs->evs[cs->n], event, actor, a, a->state, to, NULL, "%s", reason));
     cs->rows[cs->n] = *a;
     cs->rows[cs->n].state = to;
+    cs->from[cs->n] = a->state;
     cs->n++;
     return mid_ok();
 }
@@ -411,6 +413,7 @@ static mid_result change_add_new(change_set *cs, const char *actor, const store_
     json_decref(extra);
     MID_GUARD(r);
     cs->rows[cs->n] = *a;
+    cs->from[cs->n] = NULL;
     cs->n++;
     return mid_ok();
 }
@@ -423,6 +426,7 @@ static void change_set_drop(change_set *cs, const char *id)
         lc_event_clear(&cs->evs[i]);
         memmove(&cs->rows[i], &cs->rows[i + 1], (cs->n - i - 1) * sizeof cs->rows[0]);
         memmove(&cs->evs[i], &cs->evs[i + 1], (cs->n - i - 1) * sizeof cs->evs[0]);
+        memmove(&cs->from[i], &cs->from[i + 1], (cs->n - i - 1) * sizeof cs->from[0]);
         cs->n--;
         /* the moved events point into themselves: rebuild those pointers */
         for (size_t j = i; j < cs->n; j++) {
@@ -434,12 +438,29 @@ static void change_set_drop(change_set *cs, const char *id)
     }
 }
 
-/* Writes the set in one transaction. */
+/* Writes the set in one transaction: every state change is checked against
+ * the state this process read (a concurrent change by another process makes
+ * the whole set fail with MID_E_STATE, nothing written), new authorities are
+ * inserted (MID_E_EXISTS if another process recorded the same id). Events:
+ * the state changes first, then the new authorities, each in set order. */
 static mid_result change_commit(store *st, change_set *cs)
 {
-    store_audit_event evs[PREPARE_ROWS_MAX];
-    for (size_t i = 0; i < cs->n; i++) evs[i] = cs->evs[i].ev;
-    return store_authority_put_all(st, cs->rows, evs, cs->n);
+    store_authority put[PREPARE_ROWS_MAX];
+    store_audit_event put_ev[PREPARE_ROWS_MAX], tr_ev[PREPARE_ROWS_MAX];
+    store_authority_transition tr[PREPARE_ROWS_MAX];
+    size_t n_put = 0, n_tr = 0;
+    for (size_t i = 0; i < cs->n; i++) {
+        if (cs->from[i] == NULL) {
+            put[n_put] = cs->rows[i];
+            put_ev[n_put++] = cs->evs[i].ev;
+        } else {
+            tr[n_tr] = (store_authority_transition){.id = cs->rows[i].id,
+                                                    .from_state = cs->from[i],
+                                                    .to_state = cs->rows[i].state};
+            tr_ev[n_tr++] = cs->evs[i].ev;
+        }
+    }
+    return store_authority_apply(st, put, put_ev, n_put, tr, tr_ev, n_tr);
 }
 
 static mid_result refuse_if_prepared(const auth_table *t, int replace, change_set *cs,
@@ -526,9 +547,11 @@ MID_RESULT ca_prepare(store *st, const char *data_dir, const ca_prepare_opts *o,
             if (is_state(kr, "old") || is_state(kr, "removed")) {
                 MID_TRY(r, change_add(&cs, "ca.prepare", actor, kr, "prepared",
                                       "upstream root trusted again for a new intermediate"));
-                /* after the root, so spiffe_sequence grows although a
-                 * removed root coming back lowers the dropped count */
-                cs.rows[cs.n - 1].created_at = created_at++;
+                /* A state change keeps the root's created_at; the new
+                 * intermediate's comes one later instead, so
+                 * spiffe_sequence still grows although a removed root
+                 * coming back lowers the dropped count. */
+                created_at++;
             }
             /* a prepared root being replaced (--replace) stays: it is this one */
             if (is_state(kr, "prepared")) change_set_drop(&cs, kr->id);
@@ -775,8 +798,8 @@ MID_RESULT ca_activate(store *st, const char *data_dir, const char *id,
 
 /* ---- taint, revoke ------------------------------------------------------------- */
 
-/* One checked state change (store_authority_set_state re-checks `from` in
- * its transaction) with its event. */
+/* One checked state change (store_authority_apply re-checks `from` in its
+ * transaction) with its event. */
 static mid_result set_state_audited(store *st, const store_authority *a, const char *event,
                                     const char *to, const char *actor, int64_t live,
                                     const char *reason)
@@ -786,7 +809,8 @@ static mid_result set_state_audited(store *st, const store_authority *a, const c
     MID_ENSURE(extra != NULL, MID_E_NOMEM, "out of memory");
     mid_result r = lc_event_make(&e, event, actor, a, a->state, to, extra, "%s", reason);
     json_decref(extra);
-    if (mid_is_ok(r)) r = store_authority_set_state(st, a->id, a->state, to, &e.ev);
+    store_authority_transition tr = {.id = a->id, .from_state = a->state, .to_state = to};
+    if (mid_is_ok(r)) r = store_authority_apply(st, NULL, NULL, 0, &tr, &e.ev, 1);
     lc_event_clear(&e);
     return r;
 }
@@ -857,7 +881,7 @@ out:
 
 /* Whether old authority `a` can go: nothing live chains to it. */
 static mid_result retirable(store *st, const auth_table *t, const store_authority *a,
-                            int64_t now, int *yes)
+                            int64_t now, int64_t grace, int *yes)
 {
     *yes = 0;
     if (is_root(a)) {
@@ -869,17 +893,24 @@ static mid_result retirable(store *st, const auth_table *t, const store_authorit
         }
     }
     int64_t live = 0;
-    MID_GUARD(live_chained(st, t, a, now - CA_RETIRE_GRACE, &live));
+    MID_GUARD(live_chained(st, t, a, now - grace, &live));
     *yes = live == 0;
     return mid_ok();
 }
 
 MID_RESULT ca_retire_expired(store *st, int64_t now, const char *actor, size_t *retired)
 {
+    return ca_retire_expired_grace(st, now, CA_RETIRE_GRACE, actor, retired);
+}
+
+MID_RESULT ca_retire_expired_grace(store *st, int64_t now, int64_t grace, const char *actor,
+                                   size_t *retired)
+{
     mid_result r = MID_OK_RESULT;
     auth_table t = {0};
     size_t done = 0;
     MID_CHECK(r, st != NULL, MID_E_INVALID, "missing arguments");
+    MID_CHECK(r, grace >= 0, MID_E_INVALID, "the retire grace must not be negative");
     MID_TRY(r, table_load(st, &t));
     MID_TRY(r, clock_check(st, &t, now));
     /* Intermediates first: a root's own test looks at the ones under it. */
@@ -888,7 +919,7 @@ MID_RESULT ca_retire_expired(store *st, int64_t now, const char *actor, size_t *
             const store_authority *a = &t.rows[i].a;
             if (is_root(a) != (pass == 1) || !is_state(a, "old")) continue;
             int yes = 0;
-            MID_TRY(r, retirable(st, &t, a, now, &yes));
+            MID_TRY(r, retirable(st, &t, a, now, grace, &yes));
             if (!yes) continue;
             MID_TRY(r, set_state_audited(st, a, "ca.retire", "removed", actor, 0,
                                          is_root(a) ? "old root retired: no live SVID chains "
@@ -940,7 +971,9 @@ MID_RESULT ca_rotation_tick(store *st, const char *data_dir, int64_t now,
         goto out;
     }
     MID_TRY(r, cr);
-    MID_TRY(r, ca_retire_expired(st, now, actor, NULL));
+    MID_TRY(r, ca_retire_expired_grace(st, now,
+                                       p->retire_grace > 0 ? p->retire_grace : CA_RETIRE_GRACE,
+                                       actor, NULL));
 
     const store_authority *ai = NULL, *ar = NULL;
     MID_TRY(r, active_pair(&t, &ai, &ar));

@@ -10,9 +10,10 @@
  * can before writing, and writes each transition with its audit event in
  * one store transaction: a refusal leaves the authorities table exactly as it
  * was. Ids may be given as a unique prefix of the authority id (lowercase or
- * uppercase hex). Thread-safe as the store is; concurrent lifecycle changes
- * from two processes are not serialised beyond what the store offers (see
- * docs/ca.md). */
+ * uppercase hex). Thread-safe as the store is. Every write re-checks, in its
+ * transaction, that each authority it changes is still in the state that was
+ * read (store_authority_apply): when two processes race, one wins and the
+ * other fails with MID_E_STATE, nothing of it written (see docs/ca.md). */
 #ifndef MESHID_CA_ROTATION_H
 #define MESHID_CA_ROTATION_H
 
@@ -124,6 +125,11 @@ MID_RESULT ca_revoke(store *st, const char *id, const char *actor,
 #define CA_RETIRE_GRACE 300 /* seconds; peers whose clocks run behind */
 MID_RESULT ca_retire_expired(store *st, int64_t now, const char *actor, size_t *retired);
 
+/* ca_retire_expired with `grace` seconds (>= 0, MID_E_INVALID otherwise)
+ * instead of CA_RETIRE_GRACE (meshid server --retire-grace; tests). */
+MID_RESULT ca_retire_expired_grace(store *st, int64_t now, int64_t grace, const char *actor,
+                                   size_t *retired);
+
 /* Automatic rotation thresholds, in thousandths of an authority's lifetime
  * elapsed (notBefore..notAfter). 0 means the default. */
 #define CA_ROTATE_PREPARE_PERMILLE 500  /* prepare at half the lifetime */
@@ -137,6 +143,7 @@ typedef struct {
     int64_t root_ttl;              /* as ca_prepare_opts */
     int64_t intermediate_ttl;      /* as ca_prepare_opts */
     const ca_activate_gate *gate;  /* passed to ca_activate; NULL: none */
+    int64_t retire_grace;          /* seconds; 0: CA_RETIRE_GRACE */
 } ca_rotation_policy;
 
 /* What one tick did. */

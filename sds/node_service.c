@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "ca/batch.h"
+#include "ca/rotation.h"
 #include "identity/join_token.h"
 #include "identity/spiffe_id.h"
 #include "lib/log.h"
@@ -41,14 +42,22 @@ typedef struct sync_stream {
     char *agent;
     uint64_t sent_bundle;
     int64_t sent_rev;
+    uint64_t sent_auth_gen;
     bool sent;  /* a state went out at least once */
     bool dirty; /* a push is owed once the send queue drains */
 } sync_stream;
 
+/* A CA handle shared by the service and the jobs using it (node_ca_pin). */
+struct node_ca_pin {
+    ca *c;
+    int refs;     /* the service's own (while current) + one per pin */
+};
+
+/* The first bundle sequence a root was served at (the activation gate). */
 typedef struct {
-    char *agent;
-    uint64_t bundle_ack, rev_ack;
-} agent_ack;
+    char id[CA_AUTHORITY_ID_MAX];
+    uint64_t seq;
+} root_seen;
 
 struct node_service {
     node_service_opts o;
@@ -63,8 +72,16 @@ struct node_service {
     uint64_t bundle_seq;
     int64_t entries_rev;
     sync_stream streams; /* list head */
-    agent_ack *acks;
-    size_t n_acks, cap_acks;
+    node_agent_state *agents; /* every agent that opened a Sync stream */
+    size_t n_agents, cap_agents;
+    node_ca_pin *cur;    /* the CA handle new jobs use */
+    /* the authorities as last loaded: roots served and when, tainted ids */
+    root_seen *roots;
+    size_t n_roots, cap_roots;
+    char **tainted;
+    size_t n_tainted;
+    char *auth_print;    /* ids and states, to notice any change */
+    uint64_t auth_gen;   /* +1 whenever auth_print changes */
 };
 
 typedef enum { OP_ATTEST, OP_RENEW, OP_BATCH, OP_DENY } op_kind;
@@ -83,6 +100,7 @@ typedef struct {
 
 struct node_op {
     node_service *ns;
+    node_ca_pin *pin; /* the CA this op's jobs sign with */
     op_kind kind;
     rpc_call *call; /* NULL once the call is over */
     int jobs;       /* outstanding workpool jobs */
@@ -266,8 +284,8 @@ static mid_result bundle_refresh(node_service *ns, bool *changed)
     uint64_t seq = 0;
     arena *a = NULL;
     mid_result r = MID_OK_RESULT;
-    MID_TRY(r, ca_bundle_pem(ns->o.ca, &pem));
-    MID_TRY(r, bundle_sequence(ns->o.ca, &seq));
+    MID_TRY(r, ca_bundle_pem(ns->cur->c, &pem));
+    MID_TRY(r, bundle_sequence(ns->cur->c, &seq));
     if (ns->bundle_pem && seq == ns->bundle_seq && strcmp(pem, ns->bundle_pem) == 0) goto out;
     ProtobufCBinaryData *der = NULL;
     size_t n = 0;
@@ -286,6 +304,87 @@ static mid_result bundle_refresh(node_service *ns, bool *changed)
 out:
     free(pem);
     arena_free(a);
+    return r;
+}
+
+/* Whether a root in `state` is in the trust bundle (ca_state_is_trusted). */
+static bool root_trusted(const char *state)
+{
+    return strcmp(state, "revoked") != 0 && strcmp(state, "removed") != 0;
+}
+
+static root_seen *root_find(const node_service *ns, const char *id)
+{
+    for (size_t i = 0; i < ns->n_roots; i++)
+        if (strcmp(ns->roots[i].id, id) == 0) return &ns->roots[i];
+    return NULL;
+}
+
+/* Reloads what the authorities table says beyond the bundle: every root now
+ * served gets the current bundle sequence unless it was served before (so at
+ * start every root counts as spread at the current sequence), the tainted
+ * ids, and *changed when any id or state differs from the last load. */
+static mid_result authorities_refresh(node_service *ns, bool *changed)
+{
+    *changed = false;
+    store_authority_row *rows = NULL;
+    size_t n = 0, n_t = 0, plen = 1;
+    char **tainted = NULL, *print = NULL;
+    mid_result r = MID_OK_RESULT;
+    MID_TRY(r, store_authority_list(ns->o.st, &rows, &n));
+    for (size_t i = 0; i < n; i++) plen += strlen(rows[i].a.id) + strlen(rows[i].a.state) + 2;
+    print = malloc(plen);
+    tainted = calloc(n ? n : 1, sizeof *tainted);
+    MID_CHECK(r, print && tainted, MID_E_NOMEM, "out of memory");
+    print[0] = '\0';
+    for (size_t i = 0, o = 0; i < n; i++) {
+        const store_authority *a = &rows[i].a;
+        o += (size_t)snprintf(print + o, plen - o, "%s=%s;", a->id, a->state);
+        if (strcmp(a->state, "tainted") == 0) {
+            MID_CHECK(r, (tainted[n_t] = strdup(a->id)) != NULL, MID_E_NOMEM, "out of memory");
+            n_t++;
+        }
+        if (strcmp(a->kind, "root") != 0 || !root_trusted(a->state) || root_find(ns, a->id))
+            continue;
+        if (ns->n_roots == ns->cap_roots) {
+            size_t cap = ns->cap_roots ? 2 * ns->cap_roots : 8;
+            root_seen *v = realloc(ns->roots, cap * sizeof *v);
+            MID_CHECK(r, v != NULL, MID_E_NOMEM, "out of memory");
+            ns->roots = v;
+            ns->cap_roots = cap;
+        }
+        root_seen *rs = &ns->roots[ns->n_roots++];
+        snprintf(rs->id, sizeof rs->id, "%s", a->id);
+        rs->seq = ns->bundle_seq;
+    }
+    if (ns->auth_print == NULL || strcmp(ns->auth_print, print) != 0) {
+        free(ns->auth_print);
+        ns->auth_print = print;
+        print = NULL;
+        for (size_t i = 0; i < ns->n_tainted; i++) free(ns->tainted[i]);
+        free(ns->tainted);
+        ns->tainted = tainted;
+        ns->n_tainted = n_t;
+        tainted = NULL;
+        n_t = 0;
+        ns->auth_gen++;
+        *changed = true;
+    }
+out:
+    for (size_t i = 0; tainted && i < n_t; i++) free(tainted[i]);
+    free(tainted);
+    free(print);
+    store_authority_list_free(rows, n);
+    return r;
+}
+
+/* Bundle, then authorities (the roots take the new bundle's sequence). */
+static mid_result state_refresh(node_service *ns, bool *changed)
+{
+    bool b = false, a = false;
+    mid_result r = bundle_refresh(ns, &b);
+    if (mid_is_ok(r)) r = authorities_refresh(ns, &a);
+    *changed = a || b;
     return r;
 }
 
@@ -363,6 +462,7 @@ static void touch_agent(node_service *ns, const char *agent)
 
 static void op_free(node_op *op)
 {
+    node_ca_pin_release(op->pin);
     free(op->agent);
     free(op->hostname);
     free(op->csr);
@@ -397,6 +497,7 @@ static node_op *op_new(node_service *ns, rpc_call *call, op_kind kind)
     node_op *op = calloc(1, sizeof *op);
     if (!op) return NULL;
     op->ns = ns;
+    op->pin = node_service_ca_pin(ns);
     op->call = call;
     op->kind = kind;
     op->code = RPC_OK;
@@ -502,7 +603,7 @@ static void attest_work(void *arg)
     ca_issue_req req = {.spiffe_id = id, .csr = op->csr, .csr_len = op->csr_len,
                         .ttl = ns->o.agent_svid_ttl, .actor = actor};
     what = "signing the agent SVID";
-    r = ca_issue(ns->o.ca, &req, &svid);
+    r = ca_issue(op->pin->c, &req, &svid);
     if (!mid_is_ok(r)) {
         set_failure(&op->code, op->msg, r.err, what);
         if (op->code == RPC_INTERNAL) goto error;
@@ -614,7 +715,7 @@ static void renew_work(void *arg)
     ca_svid *svid = NULL;
     ca_issue_req req = {.spiffe_id = op->agent, .csr = op->csr, .csr_len = op->csr_len,
                         .ttl = ns->o.agent_svid_ttl, .actor = actor};
-    mid_result r = ca_issue(ns->o.ca, &req, &svid);
+    mid_result r = ca_issue(op->pin->c, &req, &svid);
     if (!mid_is_ok(r)) {
         set_failure(&op->code, op->msg, r.err, "signing the agent SVID");
         return;
@@ -832,7 +933,7 @@ static void chunk_work(void *arg)
     }
     if (k > 0) {
         /* Per-item outcomes are in res[]; the summary adds nothing. */
-        mid_result all = ca_issue_batch_msgs(op->ns->o.ca, req, k, out, res, msgs);
+        mid_result all = ca_issue_batch_msgs(op->pin->c, req, k, out, res, msgs);
         (void)all;
         for (size_t j = 0; j < k; j++) {
             item_answer(&op->items[ch->idx[at[j]]], out[j], res[j], msgs[j].msg);
@@ -1160,38 +1261,41 @@ static void deny_start(rpc_call *call, const ProtobufCMessage *m, void *ctx)
 
 /* ---- Sync ------------------------------------------------------------------ */
 
-static void record_ack(node_service *ns, const char *agent, uint64_t b, uint64_t e)
+static node_agent_state *agent_state(node_service *ns, const char *agent)
 {
-    for (size_t i = 0; i < ns->n_acks; i++) {
-        if (strcmp(ns->acks[i].agent, agent) == 0) {
-            ns->acks[i].bundle_ack = b;
-            ns->acks[i].rev_ack = e;
-            return;
-        }
-    }
-    if (ns->n_acks == ns->cap_acks) {
-        size_t cap = ns->cap_acks ? 2 * ns->cap_acks : 16;
-        agent_ack *v = realloc(ns->acks, cap * sizeof *v);
-        if (!v) return;
-        ns->acks = v;
-        ns->cap_acks = cap;
+    for (size_t i = 0; i < ns->n_agents; i++)
+        if (strcmp(ns->agents[i].agent, agent) == 0) return &ns->agents[i];
+    if (ns->n_agents == ns->cap_agents) {
+        size_t cap = ns->cap_agents ? 2 * ns->cap_agents : 16;
+        node_agent_state *v = realloc(ns->agents, cap * sizeof *v);
+        if (!v) return NULL;
+        ns->agents = v;
+        ns->cap_agents = cap;
     }
     char *dup = strdup(agent);
-    if (!dup) return;
-    ns->acks[ns->n_acks++] = (agent_ack){dup, b, e};
+    if (!dup) return NULL;
+    ns->agents[ns->n_agents] = (node_agent_state){.agent = dup};
+    return &ns->agents[ns->n_agents++];
 }
 
 bool node_service_agent_acks(const node_service *ns, const char *agent_id,
                              uint64_t *bundle_seq_ack, uint64_t *entries_rev_ack)
 {
-    for (size_t i = 0; i < ns->n_acks; i++) {
-        if (strcmp(ns->acks[i].agent, agent_id) == 0) {
-            if (bundle_seq_ack) *bundle_seq_ack = ns->acks[i].bundle_ack;
-            if (entries_rev_ack) *entries_rev_ack = ns->acks[i].rev_ack;
+    for (size_t i = 0; i < ns->n_agents; i++) {
+        const node_agent_state *a = &ns->agents[i];
+        if (strcmp(a->agent, agent_id) == 0 && a->acked) {
+            if (bundle_seq_ack) *bundle_seq_ack = a->bundle_ack;
+            if (entries_rev_ack) *entries_rev_ack = a->rev_ack;
             return true;
         }
     }
     return false;
+}
+
+size_t node_service_agents(const node_service *ns, const node_agent_state **out)
+{
+    *out = ns->agents;
+    return ns->n_agents;
 }
 
 /* Sends the complete state now, or marks the stream dirty while a previous
@@ -1220,6 +1324,8 @@ static void sync_push(sync_stream *s)
     resp.n_bundle = ns->n_bundle;
     resp.bundle_sequence = ns->bundle_seq;
     resp.entries_revision = rev > 0 ? (uint64_t)rev : 0;
+    resp.tainted_authority_ids = ns->tainted;
+    resp.n_tainted_authority_ids = ns->n_tainted;
     r = arena_new(0, &a);
     if (mid_is_ok(r) && n > 0) {
         resp.entries = arena_calloc(a, n * sizeof *resp.entries);
@@ -1236,6 +1342,7 @@ static void sync_push(sync_stream *s)
         s->sent = true;
         s->sent_bundle = ns->bundle_seq;
         s->sent_rev = rev;
+        s->sent_auth_gen = ns->auth_gen;
     } else if (r.err == MID_E_BUSY) {
         s->dirty = true;
     } else {
@@ -1260,12 +1367,15 @@ static void sync_start(rpc_call *call, const ProtobufCMessage *m, void *ctx)
     touch_agent(ns, agent);
     sync_stream *s = calloc(1, sizeof *s);
     char *dup = strdup(agent);
-    if (!s || !dup) {
+    node_agent_state *st = agent_state(ns, agent);
+    if (!s || !dup || !st) {
         free(s);
         free(dup);
         finish(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
         return;
     }
+    st->streams++;
+    st->last_seen_ms = time_now_ms();
     s->ns = ns;
     s->call = call;
     s->agent = dup;
@@ -1274,6 +1384,9 @@ static void sync_start(rpc_call *call, const ProtobufCMessage *m, void *ctx)
     ns->streams.next->prev = s;
     ns->streams.next = s;
     rpc_call_set_user(call, s);
+    /* The bundle goes out first, before the agent can ask for any SVID on
+     * this connection: a returning agent trusts new roots before it can be
+     * handed a certificate chained to one. */
     sync_push(s);
 }
 
@@ -1288,7 +1401,13 @@ static void sync_message(rpc_call *call, const ProtobufCMessage *m, void *ctx)
     }
     const Meshid__Agent__V1__AgentSyncRequest *req =
         (const Meshid__Agent__V1__AgentSyncRequest *)m;
-    record_ack(ns, s->agent, req->bundle_sequence_ack, req->entries_revision_ack);
+    node_agent_state *st = agent_state(ns, s->agent);
+    if (!st) return;
+    st->acked = true;
+    st->bundle_ack = req->bundle_sequence_ack;
+    st->rev_ack = req->entries_revision_ack;
+    st->sds_ack = req->sds_bundle_sequence_ack;
+    st->last_seen_ms = time_now_ms();
 }
 
 static void sync_drain(rpc_call *call, void *ctx)
@@ -1298,16 +1417,26 @@ static void sync_drain(rpc_call *call, void *ctx)
     if (s && s->dirty) sync_push(s);
 }
 
+static void stream_unlink(node_service *ns, sync_stream *s)
+{
+    s->prev->next = s->next;
+    s->next->prev = s->prev;
+    node_agent_state *st = agent_state(ns, s->agent);
+    if (st && st->streams > 0) {
+        st->streams--;
+        st->last_seen_ms = time_now_ms();
+    }
+    free(s->agent);
+    free(s);
+}
+
 static void sync_done(rpc_call *call, bool cancelled, void *ctx)
 {
     (void)cancelled;
-    (void)ctx;
+    node_service *ns = ctx;
     sync_stream *s = rpc_call_user(call);
     if (!s) return;
-    s->prev->next = s->next;
-    s->next->prev = s->prev;
-    free(s->agent);
-    free(s);
+    stream_unlink(ns, s);
 }
 
 static void close_agent_streams(node_service *ns, const char *agent, const char *why)
@@ -1325,14 +1454,12 @@ void node_service_agent_evicted(node_service *ns, const char *agent_id)
     close_agent_streams(ns, agent_id, msg);
 }
 
-/* The poll: bundle and entries revision, then every stream (ban first). */
-static void poll_tick(rpc_loop *loop, void *arg)
+/* Reloads bundle, authorities and entries revision, then walks every stream
+ * (ban first) and pushes to those whose state is behind. */
+static void refresh_and_push(node_service *ns)
 {
-    node_service *ns = arg;
-    ns->poll = NULL;
-    if (ns->shutting_down) return;
     bool changed = false;
-    if (!mid_is_ok(bundle_refresh(ns, &changed)))
+    if (!mid_is_ok(state_refresh(ns, &changed)))
         LOG_WARN("node API: cannot reload the trust bundle: %s", mid_errmsg());
     int64_t rev = ns->entries_rev;
     if (!mid_is_ok(store_entries_revision(ns->o.st, &rev)))
@@ -1348,11 +1475,103 @@ static void poll_tick(rpc_loop *loop, void *arg)
             node_service_agent_evicted(ns, s->agent);
             continue;
         }
-        if (s->dirty || !s->sent || s->sent_bundle != ns->bundle_seq || s->sent_rev != rev)
+        if (s->dirty || !s->sent || s->sent_bundle != ns->bundle_seq || s->sent_rev != rev ||
+            s->sent_auth_gen != ns->auth_gen)
             sync_push(s);
     }
+}
+
+void node_service_refresh(node_service *ns)
+{
+    if (!ns || ns->shutting_down) return;
+    refresh_and_push(ns);
+}
+
+/* The poll: bundle, authorities and entries revision, then every stream. */
+static void poll_tick(rpc_loop *loop, void *arg)
+{
+    node_service *ns = arg;
+    ns->poll = NULL;
+    if (ns->shutting_down) return;
+    refresh_and_push(ns);
+    if (ns->o.on_poll) ns->o.on_poll(ns->o.on_poll_ctx);
     if (!mid_is_ok(rpc_timer_add(loop, ns->o.sync_poll_ms, poll_tick, ns, &ns->poll)))
         LOG_ERROR("node API: cannot re-arm the Sync poll: %s", mid_errmsg());
+}
+
+/* ---- the activation gate and the CA handle --------------------------------- */
+
+uint64_t node_service_root_sequence(const node_service *ns, const char *root_id)
+{
+    const root_seen *r = root_find(ns, root_id);
+    return r ? r->seq : 0;
+}
+
+mid_result node_service_gate_check(node_service *ns, const char *root_id, char *pending,
+                                   size_t cap, size_t *n_pending)
+{
+    size_t n = 0, listed = 0, connected = 0, used = 0;
+    if (n_pending) *n_pending = 0;
+    if (pending && cap) pending[0] = '\0';
+    refresh_and_push(ns); /* a root prepared a moment ago is served now */
+    const root_seen *rs = root_find(ns, root_id);
+    MID_ENSURE(rs != NULL, MID_E_STATE, "root %.16s is not in the trust bundle", root_id);
+    for (size_t i = 0; i < ns->n_agents; i++) {
+        const node_agent_state *a = &ns->agents[i];
+        if (a->streams == 0) continue; /* gets the bundle first when it reconnects */
+        connected++;
+        if (a->acked && a->sds_ack >= rs->seq) continue;
+        n++;
+        if (pending && listed < NODE_GATE_LIST_MAX && used + 8 < cap) {
+            int w = snprintf(pending + used, cap - used, "%s%s", listed ? ", " : "", a->agent);
+            if (w > 0 && (size_t)w < cap - used) {
+                used += (size_t)w;
+                listed++;
+            } else {
+                pending[used] = '\0';
+            }
+        }
+    }
+    if (n_pending) *n_pending = n;
+    if (n == 0) return mid_ok();
+    if (pending && n > listed && used + 24 < cap)
+        snprintf(pending + used, cap - used, " (+%zu more)", n - listed);
+    MID_BAIL(MID_E_STATE,
+             "not acknowledged by: %s: %zu of %zu connected agents have not acknowledged bundle "
+             "sequence %llu (the first with root %.16s)",
+             pending ? pending : "?", n, connected, (unsigned long long)rs->seq, root_id);
+}
+
+node_ca_pin *node_service_ca_pin(node_service *ns)
+{
+    ns->cur->refs++;
+    return ns->cur;
+}
+
+ca *node_ca_pin_ca(const node_ca_pin *p) { return p->c; }
+
+void node_ca_pin_release(node_ca_pin *p)
+{
+    if (!p || --p->refs > 0) return;
+    ca_close(p->c);
+    free(p);
+}
+
+ca *node_service_ca(const node_service *ns) { return ns->cur->c; }
+
+mid_result node_service_set_ca(node_service *ns, ca *c)
+{
+    node_ca_pin *p = calloc(1, sizeof *p);
+    if (!p) {
+        ca_close(c);
+        MID_BAIL(MID_E_NOMEM, "out of memory");
+    }
+    p->c = c;
+    p->refs = 1;
+    node_ca_pin *old = ns->cur;
+    ns->cur = p;
+    node_ca_pin_release(old); /* closed now, or by the last job using it */
+    return mid_ok();
 }
 
 /* ---- lifecycle --------------------------------------------------------------- */
@@ -1373,14 +1592,23 @@ mid_result node_service_new(const node_service_opts *o, node_service **out)
                "negative TTL or poll interval");
     node_service *ns = calloc(1, sizeof *ns);
     MID_ENSURE_MEM(ns);
+    ns->cur = calloc(1, sizeof *ns->cur);
+    if (!ns->cur) {
+        free(ns);
+        MID_BAIL(MID_E_NOMEM, "out of memory");
+    }
+    ns->cur->c = o->ca;
+    ns->cur->refs = 1;
     ns->o = *o;
+    ns->o.ca = NULL; /* the current handle is ns->cur */
     if (!ns->o.sync_poll_ms) ns->o.sync_poll_ms = NODE_SYNC_POLL_MS;
     snprintf(ns->td, sizeof ns->td, "%s", ca_trust_domain(o->ca));
     ns->streams.next = ns->streams.prev = &ns->streams;
     bool changed;
-    mid_result r = bundle_refresh(ns, &changed);
+    mid_result r = state_refresh(ns, &changed);
     if (mid_is_ok(r)) r = store_entries_revision(o->st, &ns->entries_rev);
     if (!mid_is_ok(r)) {
+        ns->cur->c = NULL; /* not taken on failure */
         node_service_free(ns);
         return r;
     }
@@ -1424,14 +1652,16 @@ void node_service_free(node_service *ns)
      * freed): detach them so a late on_done cannot reach freed memory */
     while (ns->streams.next != &ns->streams) {
         sync_stream *s = ns->streams.next;
-        s->prev->next = s->next;
-        s->next->prev = s->prev;
         if (s->call) rpc_call_set_user(s->call, NULL);
-        free(s->agent);
-        free(s);
+        stream_unlink(ns, s);
     }
-    for (size_t i = 0; i < ns->n_acks; i++) free(ns->acks[i].agent);
-    free(ns->acks);
+    for (size_t i = 0; i < ns->n_agents; i++) free(ns->agents[i].agent);
+    free(ns->agents);
+    free(ns->roots);
+    for (size_t i = 0; i < ns->n_tainted; i++) free(ns->tainted[i]);
+    free(ns->tainted);
+    free(ns->auth_print);
+    node_ca_pin_release(ns->cur);
     free(ns->bundle_pem);
     arena_free(ns->bundle_arena);
     free(ns);

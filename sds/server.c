@@ -8,6 +8,7 @@
 #include <openssl/crypto.h>
 
 #include "ca/ca.h"
+#include "ca/rotation.h"
 #include "identity/spiffe_id.h"
 #include "lib/fsutil.h"
 #include "lib/log.h"
@@ -22,10 +23,17 @@
 #define PATH_CAP 4096
 #define TLS_CHECK_MS 30000 /* how often the TLS material is looked at */
 
+/* One root's gate answer, computed on the loop for a rotation tick job. */
+typedef struct {
+    char id[CA_AUTHORITY_ID_MAX];
+    bool ok;
+    char msg[512];
+} gate_answer;
+
 struct server {
     rpc_loop *loop;
     store *st;
-    ca *ca;
+    ca *ca; /* until node_service_new takes it; then node_service_ca(ns) */
     workpool *wp;
     node_service *ns;
     admin_service *as;
@@ -42,23 +50,32 @@ struct server {
     rpc_timer *tls_timer;
     bool reissuing; /* a job is renewing the server SVID */
     bool stopped;
+    /* rotation */
+    char data_dir[PATH_CAP];
+    bool auto_rotate, auto_rotate_root;
+    int64_t retire_grace;
+    int64_t rotation_ms;
+    rpc_timer *rot_timer;
+    bool rotating;  /* a rotation job is running */
+    bool reopening; /* a job is opening the CA for a new signer */
 };
 
 /* ---- the server's own SVID ---------------------------------------------------- */
 
 typedef struct {
     server *s;
+    node_ca_pin *pin;
     ca_svid *svid;
     mid_err err;
     char msg[256];
 } reissue_job;
 
-static mid_result issue_svid(server *s, ca_svid **out)
+static mid_result issue_svid(server *s, ca *c, ca_svid **out)
 {
     static const char *const dns[] = {"localhost"};
     ca_issue_req req = {.spiffe_id = s->spiffe_id, .key_type = CA_KEY_EC_P256, .ttl = s->svid_ttl,
                         .dns = dns, .n_dns = 1, .actor = "system:server"};
-    return ca_issue(s->ca, &req, out);
+    return ca_issue(c, &req, out);
 }
 
 static void free_pem(char **p)
@@ -104,7 +121,7 @@ static mid_result adopt_svid(server *s, ca_svid *svid, bool apply)
 static void reissue_work(void *arg)
 {
     reissue_job *j = arg;
-    mid_result r = issue_svid(j->s, &j->svid);
+    mid_result r = issue_svid(j->s, node_ca_pin_ca(j->pin), &j->svid);
     j->err = r.err;
     if (!mid_is_ok(r)) snprintf(j->msg, sizeof j->msg, "%s", mid_errmsg());
 }
@@ -114,6 +131,7 @@ static void reissue_done(void *arg, bool ran)
     reissue_job *j = arg;
     server *s = j->s;
     s->reissuing = false;
+    node_ca_pin_release(j->pin);
     if (ran && j->err == MID_E_OK && !s->stopped) {
         if (mid_is_ok(adopt_svid(s, j->svid, true)))
             LOG_INFO("server: TLS SVID renewed, valid until %lld", (long long)s->svid_not_after);
@@ -138,10 +156,13 @@ static void tls_tick(rpc_loop *loop, void *arg)
         reissue_job *j = calloc(1, sizeof *j);
         if (j) {
             j->s = s;
-            if (mid_is_ok(workpool_submit(s->wp, reissue_work, reissue_done, j)))
+            j->pin = node_service_ca_pin(s->ns);
+            if (mid_is_ok(workpool_submit(s->wp, reissue_work, reissue_done, j))) {
                 s->reissuing = true;
-            else
+            } else {
+                node_ca_pin_release(j->pin);
                 free(j);
+            }
         }
     }
     const char *bundle = node_service_bundle_pem(s->ns, NULL);
@@ -160,6 +181,190 @@ static void tls_tick(rpc_loop *loop, void *arg)
     if (half > now && (half - now) * 1000 < next) next = (half - now) * 1000 + 1;
     if (!mid_is_ok(rpc_timer_add(loop, next, tls_tick, s, &s->tls_timer)))
         LOG_ERROR("server: cannot re-arm the TLS timer: %s", mid_errmsg());
+}
+
+/* ---- following the active intermediate ---------------------------------------- */
+
+typedef struct {
+    server *s;
+    ca *c;
+    mid_err err;
+    char msg[256];
+} reopen_job;
+
+static void reopen_work(void *arg)
+{
+    reopen_job *j = arg;
+    mid_result r = ca_open(j->s->st, j->s->data_dir, &j->c);
+    j->err = r.err;
+    if (!mid_is_ok(r)) snprintf(j->msg, sizeof j->msg, "%s", mid_errmsg());
+}
+
+static void reopen_done(void *arg, bool ran)
+{
+    reopen_job *j = arg;
+    server *s = j->s;
+    s->reopening = false;
+    if (ran && j->err == MID_E_OK && !s->stopped) {
+        const char *was = ca_signer_id(node_service_ca(s->ns));
+        if (strcmp(was, ca_signer_id(j->c)) == 0) {
+            ca_close(j->c);
+        } else {
+            LOG_INFO("server: signing authority is now %.16s (was %.16s)", ca_signer_id(j->c),
+                     was);
+            if (!mid_is_ok(node_service_set_ca(s->ns, j->c)))
+                LOG_ERROR("server: cannot switch the CA handle: %s", mid_errmsg());
+            /* the server's own SVID follows at once: peers see the new chain */
+            if (s->tls_timer) rpc_timer_cancel(s->loop, s->tls_timer);
+            s->tls_timer = NULL;
+            s->svid_not_before = s->svid_not_after = 0; /* past half: renew now */
+            tls_tick(s->loop, s);
+        }
+    } else {
+        if (ran && j->err != MID_E_OK) LOG_ERROR("server: cannot reopen the CA: %s", j->msg);
+        ca_close(j->c);
+    }
+    free(j);
+}
+
+/* Reopens the CA when the store's active intermediate is not the one the
+ * handle signs with (a rotation by this or another process). Loop thread. */
+static void check_signer(server *s)
+{
+    if (s->stopped || s->reopening) return;
+    store_authority_row *rows = NULL;
+    size_t n = 0;
+    if (!mid_is_ok(store_authority_list(s->st, &rows, &n))) {
+        LOG_WARN("server: cannot read the authorities: %s", mid_errmsg());
+        return;
+    }
+    const char *want = NULL;
+    for (size_t i = 0; i < n; i++) {
+        const store_authority *a = &rows[i].a;
+        if (strcmp(a->kind, "intermediate") == 0 && strcmp(a->state, "active") == 0 &&
+            a->key_ref != NULL && a->key_ref[0] != '\0')
+            want = a->id; /* oldest first: the newest wins, as ca_open picks */
+    }
+    bool differs = want != NULL && strcmp(want, ca_signer_id(node_service_ca(s->ns))) != 0;
+    store_authority_list_free(rows, n);
+    if (!differs) return;
+    reopen_job *j = calloc(1, sizeof *j);
+    if (!j) return;
+    j->s = s;
+    if (mid_is_ok(workpool_submit(s->wp, reopen_work, reopen_done, j)))
+        s->reopening = true;
+    else
+        free(j);
+}
+
+static void on_poll(void *ctx) { check_signer(ctx); }
+
+static void on_authorities_changed(void *ctx)
+{
+    server *s = ctx;
+    node_service_refresh(s->ns);
+    check_signer(s);
+}
+
+/* ---- the rotation timer ------------------------------------------------------------ */
+
+typedef struct {
+    server *s;
+    gate_answer *answers;
+    size_t n;
+    ca_activate_gate gate;
+    mid_err err;
+    char msg[512];
+} rotation_job;
+
+/* The gate as the loop saw it just before the job started (a worker cannot
+ * read the node service's state). */
+static mid_result snapshot_gate(void *ctx, const char *root_id, const char *intermediate_id)
+{
+    (void)intermediate_id;
+    const rotation_job *j = ctx;
+    for (size_t i = 0; i < j->n; i++) {
+        if (strcmp(j->answers[i].id, root_id) != 0) continue;
+        if (j->answers[i].ok) return mid_ok();
+        MID_BAIL(MID_E_STATE, "%s", j->answers[i].msg);
+    }
+    MID_BAIL(MID_E_STATE, "root %.16s is not in the served trust bundle yet", root_id);
+}
+
+static void rotation_work(void *arg)
+{
+    rotation_job *j = arg;
+    server *s = j->s;
+    mid_result r;
+    if (s->auto_rotate) {
+        ca_rotation_policy p = {.rotate_root = s->auto_rotate_root, .gate = &j->gate,
+                                .retire_grace = s->retire_grace};
+        ca_tick_action act = CA_TICK_NOTHING;
+        r = ca_rotation_tick(s->st, s->data_dir, time_now(), &p, "system:rotation", &act);
+    } else {
+        r = ca_retire_expired_grace(s->st, time_now(), s->retire_grace, "system:rotation", NULL);
+    }
+    j->err = r.err;
+    if (!mid_is_ok(r)) snprintf(j->msg, sizeof j->msg, "%s", mid_errmsg());
+}
+
+static void rotation_tick(rpc_loop *loop, void *arg);
+
+static void rotation_done(void *arg, bool ran)
+{
+    rotation_job *j = arg;
+    server *s = j->s;
+    s->rotating = false;
+    if (ran && j->err != MID_E_OK) LOG_WARN("server: rotation: %s", j->msg);
+    free(j->answers);
+    free(j);
+    if (!s->stopped) on_authorities_changed(s);
+}
+
+/* Answers the gate for every root served now. */
+static mid_result gate_snapshot(server *s, rotation_job *j)
+{
+    store_authority_row *rows = NULL;
+    size_t n = 0;
+    MID_GUARD(store_authority_list(s->st, &rows, &n));
+    j->answers = calloc(n ? n : 1, sizeof *j->answers);
+    if (!j->answers) {
+        store_authority_list_free(rows, n);
+        MID_BAIL(MID_E_NOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(rows[i].a.kind, "root") != 0) continue;
+        gate_answer *g = &j->answers[j->n++];
+        snprintf(g->id, sizeof g->id, "%s", rows[i].a.id);
+        mid_result r = node_service_gate_check(s->ns, g->id, NULL, 0, NULL);
+        g->ok = mid_is_ok(r);
+        if (!g->ok) snprintf(g->msg, sizeof g->msg, "%s", mid_errmsg());
+    }
+    store_authority_list_free(rows, n);
+    return mid_ok();
+}
+
+static void rotation_tick(rpc_loop *loop, void *arg)
+{
+    server *s = arg;
+    s->rot_timer = NULL;
+    if (s->stopped) return;
+    if (!s->rotating) {
+        rotation_job *j = calloc(1, sizeof *j);
+        if (j) {
+            j->s = s;
+            j->gate = (ca_activate_gate){.ready = snapshot_gate, .ctx = j};
+            mid_result r = s->auto_rotate ? gate_snapshot(s, j) : mid_ok();
+            if (mid_is_ok(r) && mid_is_ok(workpool_submit(s->wp, rotation_work, rotation_done, j))) {
+                s->rotating = true;
+            } else {
+                free(j->answers);
+                free(j);
+            }
+        }
+    }
+    if (!mid_is_ok(rpc_timer_add(loop, s->rotation_ms, rotation_tick, s, &s->rot_timer)))
+        LOG_ERROR("server: cannot re-arm the rotation timer: %s", mid_errmsg());
 }
 
 /* ---- start / stop ------------------------------------------------------------- */
@@ -185,10 +390,18 @@ mid_result server_start(const server_opts *o, rpc_loop *loop, server **out)
     *out = NULL;
     MID_ENSURE(o && o->data_dir && loop, MID_E_INVALID, "server needs a data directory and a loop");
     MID_ENSURE(o->agent_svid_ttl >= 0 && o->server_svid_ttl >= 0, MID_E_INVALID, "negative TTL");
+    MID_ENSURE(o->retire_grace >= 0 && o->rotation_check_ms >= 0, MID_E_INVALID,
+               "negative retire grace or rotation interval");
+    MID_ENSURE(strlen(o->data_dir) < PATH_CAP, MID_E_TOO_LARGE, "data directory path too long");
     server *s = calloc(1, sizeof *s);
     MID_ENSURE_MEM(s);
     s->loop = loop;
     s->svid_ttl = o->server_svid_ttl;
+    snprintf(s->data_dir, sizeof s->data_dir, "%s", o->data_dir);
+    s->auto_rotate = o->auto_rotate || o->auto_rotate_root;
+    s->auto_rotate_root = o->auto_rotate_root;
+    s->retire_grace = o->retire_grace > 0 ? o->retire_grace : CA_RETIRE_GRACE;
+    s->rotation_ms = o->rotation_check_ms > 0 ? o->rotation_check_ms : SERVER_ROTATION_CHECK_MS;
     mid_result r = MID_OK_RESULT;
     ca_svid *svid = NULL;
     snprintf(s->listen, sizeof s->listen, "%s", o->listen ? o->listen : SERVER_LISTEN_DEFAULT);
@@ -209,13 +422,18 @@ mid_result server_start(const server_opts *o, rpc_loop *loop, server **out)
     MID_TRY(r, workpool_new(loop, o->workers, 0, &s->wp));
 
     node_service_opts no = {.st = s->st, .ca = s->ca, .wp = s->wp, .loop = loop,
-                            .agent_svid_ttl = o->agent_svid_ttl, .sync_poll_ms = o->sync_poll_ms};
+                            .agent_svid_ttl = o->agent_svid_ttl, .sync_poll_ms = o->sync_poll_ms,
+                            .on_poll = on_poll, .on_poll_ctx = s};
     MID_TRY(r, node_service_new(&no, &s->ns));
-    admin_service_opts ao = {.st = s->st, .wp = s->wp, .trust_domain = s->td, .node = s->ns};
+    s->ca = NULL; /* the node service owns it now */
+    admin_service_opts ao = {.st = s->st, .wp = s->wp, .trust_domain = s->td, .node = s->ns,
+                             .loop = loop, .data_dir = s->data_dir,
+                             .authorities_changed = on_authorities_changed,
+                             .authorities_changed_ctx = s};
     MID_TRY(r, admin_service_new(&ao, &s->as));
 
     /* The server's own SVID; issued here, before the loop runs. */
-    MID_TRY(r, issue_svid(s, &svid));
+    MID_TRY(r, issue_svid(s, node_service_ca(s->ns), &svid));
     MID_TRY(r, adopt_svid(s, svid, false));
 
     /* Admin socket first: it refuses to start when another server answers. */
@@ -231,6 +449,7 @@ mid_result server_start(const server_opts *o, rpc_loop *loop, server **out)
     MID_TRY(r, rpc_server_start(s->admin_srv));
     MID_TRY(r, rpc_server_start(s->node_srv));
     MID_TRY(r, rpc_timer_add(loop, TLS_CHECK_MS, tls_tick, s, &s->tls_timer));
+    MID_TRY(r, rpc_timer_add(loop, s->rotation_ms, rotation_tick, s, &s->rot_timer));
     *out = s;
 out:
     ca_svid_free(svid);
@@ -257,6 +476,9 @@ void server_stop(server *s)
     s->stopped = true;
     if (s->tls_timer) rpc_timer_cancel(s->loop, s->tls_timer);
     s->tls_timer = NULL;
+    if (s->rot_timer) rpc_timer_cancel(s->loop, s->rot_timer);
+    s->rot_timer = NULL;
+    admin_service_shutdown(s->as);
     node_service_shutdown(s->ns);
     workpool_free(s->wp);
     s->wp = NULL;

@@ -35,7 +35,17 @@ typedef struct {
     int64_t server_svid_ttl; /* the server's own TLS SVID; 0: CA default (1h) */
     unsigned workers;        /* 0: one per core */
     int64_t sync_poll_ms;    /* 0: 1000 */
+    /* Authority rotation (docs/ca.md "Rotation"). Old authorities nothing
+     * live chains to are retired on every rotation check; with auto_rotate
+     * the check also runs ca_rotation_tick, its activations gated on the
+     * agents' acknowledgements (node_service_gate_check). */
+    int auto_rotate;          /* rotate the intermediate on schedule */
+    int auto_rotate_root;     /* also the root (implies auto_rotate) */
+    int64_t retire_grace;     /* seconds; 0: CA_RETIRE_GRACE */
+    int64_t rotation_check_ms; /* 0: SERVER_ROTATION_CHECK_MS */
 } server_opts;
+
+#define SERVER_ROTATION_CHECK_MS 60000
 
 /* Opens the store and CA, issues the server's SVID, starts the worker pool
  * and both APIs on `loop` (not running yet, or the caller's thread is the

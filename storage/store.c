@@ -36,6 +36,7 @@ static const store_backend *const backends[] = {&store_backend_sqlite};
 typedef enum {
     REQ_AUDIT,
     REQ_AUTHORITY_PUT,
+    REQ_AUTHORITY_INSERT,
     REQ_AUTHORITY_STATE,
     REQ_CERT_INSERT,
     REQ_CERT_MANY,
@@ -70,7 +71,7 @@ typedef struct store_req store_req;
 struct store_req {
     req_kind kind;
     store_req *also; /* further requests applied all-or-nothing with this one */
-    store_authority auth; /* REQ_AUTHORITY_PUT, defaults applied */
+    store_authority auth; /* REQ_AUTHORITY_PUT / _INSERT, defaults applied */
     store_cert cert;      /* REQ_CERT_INSERT, defaults applied */
     const char *id, *from_state, *to_state; /* REQ_AUTHORITY_STATE; id also for the
                                                entry, token and agent requests */
@@ -209,6 +210,7 @@ static MID_RESULT be_apply(store *st, store_req *rq)
     switch (rq->kind) {
     case REQ_AUDIT: return MID_OK_RESULT;
     case REQ_AUTHORITY_PUT: return st->vt->authority_put(st->wconn, &rq->auth);
+    case REQ_AUTHORITY_INSERT: return st->vt->authority_insert(st->wconn, &rq->auth);
     case REQ_AUTHORITY_STATE:
         return st->vt->authority_set_state(st->wconn, rq->id, rq->from_state, rq->to_state);
     case REQ_CERT_INSERT: return st->vt->cert_insert(st->wconn, &rq->cert);
@@ -645,6 +647,35 @@ MID_RESULT store_authority_put_all(store *st, const store_authority *a,
         MID_GUARD(authority_req(&rq[i], &a[i], ev != NULL ? &ev[i] : NULL));
         if (i > 0) rq[i - 1].also = &rq[i];
     }
+    return submit(st, &rq[0]);
+}
+
+MID_RESULT store_authority_apply(store *st, const store_authority *put,
+                                 const store_audit_event *put_ev, size_t n_put,
+                                 const store_authority_transition *tr,
+                                 const store_audit_event *tr_ev, size_t n_tr)
+{
+    MID_GUARD(check_store(st));
+    MID_ENSURE(n_put + n_tr >= 1 && n_put + n_tr <= STORE_PUT_ALL_MAX, MID_E_INVALID,
+               "between 1 and %d authority changes per write", STORE_PUT_ALL_MAX);
+    MID_ENSURE((n_put == 0 || put != NULL) && (n_tr == 0 || tr != NULL), MID_E_INVALID,
+               "authority changes are required");
+    store_req rq[STORE_PUT_ALL_MAX];
+    size_t k = 0;
+    /* Transitions first: they check the rows the new ones may refer to. */
+    for (size_t i = 0; i < n_tr; i++, k++) {
+        MID_GUARD(check_hex("authority id", tr[i].id, 1, 128));
+        MID_GUARD(check_one_of("authority state", tr[i].from_state, authority_states));
+        MID_GUARD(check_one_of("authority state", tr[i].to_state, authority_states));
+        rq[k] = (store_req){.kind = REQ_AUTHORITY_STATE, .id = tr[i].id,
+                            .from_state = tr[i].from_state, .to_state = tr[i].to_state};
+        MID_GUARD(req_set_event(&rq[k], tr_ev != NULL ? &tr_ev[i] : NULL));
+    }
+    for (size_t i = 0; i < n_put; i++, k++) {
+        MID_GUARD(authority_req(&rq[k], &put[i], put_ev != NULL ? &put_ev[i] : NULL));
+        rq[k].kind = REQ_AUTHORITY_INSERT;
+    }
+    for (size_t i = 1; i < k; i++) rq[i - 1].also = &rq[i];
     return submit(st, &rq[0]);
 }
 

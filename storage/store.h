@@ -149,6 +149,30 @@ MID_RESULT store_authority_put_all(store *st, const store_authority *a,
 MID_RESULT store_authority_set_state(store *st, const char *id, const char *from_state,
                                      const char *to_state, const store_audit_event *ev);
 
+/* One checked state change of store_authority_apply. */
+typedef struct {
+    const char *id;         /* full lowercase hex id */
+    const char *from_state; /* the state the caller saw */
+    const char *to_state;
+} store_authority_transition;
+
+/* One lifecycle step as ONE transaction: first the transitions, each an
+ * update of tr[i].id from tr[i].from_state to tr[i].to_state with its audit
+ * event tr_ev[i]; then the new authorities put[i] with put_ev[i] (insert
+ * only). Events are chained in that order. All or nothing: a transition
+ * whose row is not in from_state any more (another process changed it since
+ * the caller read it) rolls everything back with MID_E_STATE "authority X
+ * is S, not F", an unknown id with MID_E_NOT_FOUND, a put whose id exists
+ * with MID_E_EXISTS; a put's parent_id must be stored (MID_E_INVALID). So
+ * two processes that read the same snapshot cannot both apply a change:
+ * the second fails and nothing of it is written. 1 <= n_put + n_tr <=
+ * STORE_PUT_ALL_MAX (MID_E_INVALID otherwise); the event arrays may be NULL
+ * only in tests. Blocks until durable. */
+MID_RESULT store_authority_apply(store *st, const store_authority *put,
+                                 const store_audit_event *put_ev, size_t n_put,
+                                 const store_authority_transition *tr,
+                                 const store_audit_event *tr_ev, size_t n_tr);
+
 /* All authorities, oldest first. *rows is an array the caller frees with
  * store_authority_list_free. */
 MID_RESULT store_authority_list(store *st, store_authority_row **rows, size_t *n);

@@ -79,6 +79,9 @@ struct store_backend {
 
     /* ---- authorities ---- */
     MID_RESULT (*authority_put)(store_conn *c, const store_authority *a); /* upsert by id */
+    /* Inserts a new authority; MID_E_EXISTS when the id is taken. WRITER, in a
+     * transaction. */
+    MID_RESULT (*authority_insert)(store_conn *c, const store_authority *a);
     /* MID_E_NOT_FOUND for an unknown id, MID_E_STATE when its state is not
      * from_state (nothing written). WRITER, inside a transaction. */
     MID_RESULT (*authority_set_state)(store_conn *c, const char *id, const char *from_state,

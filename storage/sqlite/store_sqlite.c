@@ -219,6 +219,7 @@ typedef enum {
     SQ_AUDIT_GET,
     SQ_AUDIT_ITER,
     SQ_AUTH_PUT,
+    SQ_AUTH_INSERT,
     SQ_AUTH_SET_STATE,
     SQ_AUTH_GET_STATE,
     SQ_AUTH_LIST,
@@ -283,6 +284,8 @@ static const char *const sq_sql[SQ_STMT_COUNT_] = {
                     " chain_pem = excluded.chain_pem, key_ref = excluded.key_ref,"
                     " not_before = excluded.not_before, not_after = excluded.not_after,"
                     " upstream = excluded.upstream, created_at = excluded.created_at",
+    [SQ_AUTH_INSERT] = "INSERT INTO authorities (" SQ_AUTH_COLS
+                       ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     [SQ_AUTH_SET_STATE] = "UPDATE authorities SET state = ?3 WHERE id = ?1 AND state = ?2",
     [SQ_AUTH_GET_STATE] = "SELECT state FROM authorities WHERE id = ?1",
     [SQ_AUTH_LIST] = "SELECT " SQ_AUTH_COLS " FROM authorities ORDER BY created_at, rowid",
@@ -822,12 +825,13 @@ out:
 
 /* ---- authorities ------------------------------------------------------------------ */
 
-static MID_RESULT sq_authority_put(store_conn *cc, const store_authority *a)
+/* SQ_AUTH_PUT (upsert) or SQ_AUTH_INSERT (MID_E_EXISTS for a taken id). */
+static MID_RESULT sq_authority_write(store_conn *cc, const store_authority *a, sq_stmt_id id)
 {
     sq_conn *c = sq(cc);
     mid_result r = MID_OK_RESULT;
     sqlite3_stmt *s = NULL;
-    MID_TRY(r, sq_stmt(c, SQ_AUTH_PUT, &s));
+    MID_TRY(r, sq_stmt(c, id, &s));
     sqlite3_bind_text(s, 1, a->id, -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 2, a->kind, -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 3, a->state, -1, SQLITE_STATIC);
@@ -844,10 +848,22 @@ static MID_RESULT sq_authority_put(store_conn *cc, const store_authority *a)
     MID_CHECK(r, rc != SQLITE_CONSTRAINT_FOREIGNKEY, MID_E_INVALID,
               "%s: authority %s: parent authority %s does not exist", c->path, a->id,
               a->parent_id ? a->parent_id : "(null)");
+    MID_CHECK(r, rc != SQLITE_CONSTRAINT_PRIMARYKEY && rc != SQLITE_CONSTRAINT_UNIQUE,
+              MID_E_EXISTS, "%s: authority %s already exists", c->path, a->id);
     SQ_CHECK(r, c, rc, "store authority");
 out:
     sq_done(s);
     return r;
+}
+
+static MID_RESULT sq_authority_put(store_conn *cc, const store_authority *a)
+{
+    return sq_authority_write(cc, a, SQ_AUTH_PUT);
+}
+
+static MID_RESULT sq_authority_insert(store_conn *cc, const store_authority *a)
+{
+    return sq_authority_write(cc, a, SQ_AUTH_INSERT);
 }
 
 static MID_RESULT sq_authority_set_state(store_conn *cc, const char *id, const char *from_state,
@@ -1444,6 +1460,7 @@ const store_backend store_backend_sqlite = {
     .audit_iterate = sq_audit_iterate,
     .audit_query = sq_audit_query,
     .authority_put = sq_authority_put,
+    .authority_insert = sq_authority_insert,
     .authority_set_state = sq_authority_set_state,
     .authority_list = sq_authority_list,
     .cert_insert = sq_cert_insert,

@@ -58,6 +58,7 @@ typedef struct {
 
 /* ---- helpers ------------------------------------------------------------- */
 
+
 static void on_timeout(rpc_loop *loop, void *arg)
 {
     (void)arg;
@@ -568,6 +569,8 @@ typedef struct {
     int msgs;
     size_t last_entries;
     uint64_t last_rev, last_seq;
+    size_t last_bundle, last_tainted;
+    char tainted0[160];
     bool done;
     rpc_code code;
     char msg[256];
@@ -583,6 +586,10 @@ static void sync_msg(rpc_stream *s, const ProtobufCMessage *m, void *arg)
     w->last_entries = r->n_entries;
     w->last_rev = r->entries_revision;
     w->last_seq = r->bundle_sequence;
+    w->last_bundle = r->n_bundle;
+    w->last_tainted = r->n_tainted_authority_ids;
+    snprintf(w->tainted0, sizeof w->tainted0, "%s",
+             r->n_tainted_authority_ids ? r->tainted_authority_ids[0] : "");
     if (w->msgs >= w->want_msgs) rpc_loop_stop(w->f->loop);
 }
 
@@ -961,6 +968,278 @@ static void test_admin_other_uid(void **state)
                      RPC_OK);
 }
 
+/* ---- authority rotation ------------------------------------------------------ */
+
+/* wait_msgs, but returns at once when n messages already arrived (a push may
+ * come in while a unary call runs the loop). */
+static void wait_at_least(fx *f, sync_watch *w, int n)
+{
+    if (w->msgs < n && !w->done) wait_msgs(f, w, n);
+}
+
+static void pump_stop(rpc_loop *loop, void *arg)
+{
+    bool *b = arg;
+    *b = false;
+    rpc_loop_stop(loop);
+}
+
+/* Runs the loop for about `ms`. */
+static void pump(fx *f, int64_t ms)
+{
+    bool waiting = true;
+    rpc_timer *t;
+    assert_true(mid_is_ok(rpc_timer_add(f->loop, ms, pump_stop, &waiting, &t)));
+    while (waiting) assert_true(mid_is_ok(rpc_loop_run(f->loop)));
+}
+
+static Meshid__Admin__V1__PrepareAuthorityResponse *prepare(fx *f, bool root)
+{
+    Meshid__Admin__V1__PrepareAuthorityRequest req =
+        MESHID__ADMIN__V1__PREPARE_AUTHORITY_REQUEST__INIT;
+    req.root = root;
+    Meshid__Admin__V1__PrepareAuthorityResponse *resp;
+    rpc_code c = unary(f, f->admin, ADMIN "PrepareAuthority", &req.base,
+                       &meshid__admin__v1__prepare_authority_response__descriptor, &resp);
+    if (c != RPC_OK) fail_msg("PrepareAuthority: %d %s", c, f->msg);
+    return resp;
+}
+
+static rpc_code activate(fx *f, const char *id, bool force, int64_t timeout,
+                         Meshid__Admin__V1__ActivateAuthorityResponse **resp)
+{
+    Meshid__Admin__V1__ActivateAuthorityRequest req =
+        MESHID__ADMIN__V1__ACTIVATE_AUTHORITY_REQUEST__INIT;
+    req.id = (char *)id;
+    req.force = force;
+    req.timeout_seconds = timeout;
+    return unary(f, f->admin, ADMIN "ActivateAuthority", &req.base,
+                 &meshid__admin__v1__activate_authority_response__descriptor, resp);
+}
+
+static Meshid__Admin__V1__AuthorityStatusResponse *status(fx *f)
+{
+    Meshid__Admin__V1__AuthorityStatusRequest req =
+        MESHID__ADMIN__V1__AUTHORITY_STATUS_REQUEST__INIT;
+    Meshid__Admin__V1__AuthorityStatusResponse *resp;
+    assert_int_equal(unary(f, f->admin, ADMIN "AuthorityStatus", &req.base,
+                           &meshid__admin__v1__authority_status_response__descriptor, &resp),
+                     RPC_OK);
+    return resp;
+}
+
+static const char *state_in(const Meshid__Admin__V1__AuthorityStatusResponse *st, const char *id)
+{
+    for (size_t i = 0; i < st->n_authorities; i++)
+        if (strcmp(st->authorities[i]->id, id) == 0) return st->authorities[i]->state;
+    return "";
+}
+
+static void send_acks(rpc_stream *s, uint64_t seq, uint64_t sds)
+{
+    Meshid__Agent__V1__AgentSyncRequest ack = MESHID__AGENT__V1__AGENT_SYNC_REQUEST__INIT;
+    ack.bundle_sequence_ack = seq;
+    ack.sds_bundle_sequence_ack = sds;
+    assert_true(mid_is_ok(rpc_stream_send(s, &ack.base)));
+}
+
+/* The subject key identifier of a DER certificate, lowercase hex (= authority id). */
+static void cert_ski(const ProtobufCBinaryData *der, char *out, size_t cap)
+{
+    const unsigned char *p = der->data;
+    X509 *x = d2i_X509(NULL, &p, (long)der->len);
+    assert_non_null(x);
+    const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(x);
+    assert_non_null(ski);
+    size_t o = 0;
+    out[0] = '\0';
+    for (int i = 0; i < ASN1_STRING_length(ski) && o + 3 < cap; i++)
+        o += (size_t)snprintf(out + o, cap - o, "%02x", ASN1_STRING_get0_data(ski)[i]);
+    X509_free(x);
+}
+
+/* BatchSign one SVID for `entry`; out: the SKI of the intermediate in its chain. */
+static void sign_issuer(fx *f, const char *entry, char *ski, size_t cap)
+{
+    ProtobufCBinaryData csr = make_csr(NULL, NULL);
+    Meshid__Agent__V1__SignRequest sr = MESHID__AGENT__V1__SIGN_REQUEST__INIT;
+    sr.entry_id = (char *)entry;
+    sr.csr = csr;
+    Meshid__Agent__V1__SignRequest *sp = &sr;
+    Meshid__Agent__V1__BatchSignRequest br = MESHID__AGENT__V1__BATCH_SIGN_REQUEST__INIT;
+    br.requests = &sp;
+    br.n_requests = 1;
+    Meshid__Agent__V1__BatchSignResponse *resp;
+    assert_int_equal(unary(f, f->agent, NODE "BatchSignX509SVID", &br.base,
+                           &meshid__agent__v1__batch_sign_response__descriptor, &resp),
+                     RPC_OK);
+    assert_int_equal(resp->results[0]->code, RPC_OK);
+    assert_true(resp->results[0]->n_svid_chain >= 2);
+    cert_ski(&resp->results[0]->svid_chain[1], ski, cap);
+    free_msg(resp);
+    free_csr(&csr);
+}
+
+/* prepare root -> Sync pushes 2 roots; activation waits for the agent's SDS
+ * ack, names it while it lags, proceeds once it acked; the server then signs
+ * with the new intermediate; force; taint reaches Sync; a disconnected agent
+ * does not block. */
+static void test_rotation_gate(void **state)
+{
+    fx *f = *state;
+    attest_agent(f);
+    char *entry = create_entry(f, "spiffe://" TD "/web", f->agent_id, "uid:1000");
+    sync_watch w = {.f = f};
+    rpc_stream *s;
+    Meshid__Agent__V1__AgentSyncRequest hello = MESHID__AGENT__V1__AGENT_SYNC_REQUEST__INIT;
+    assert_true(mid_is_ok(rpc_stream_open(f->agent, NODE "Sync", RPC_BIDI, &hello.base,
+                                          &meshid__agent__v1__agent_sync_response__descriptor,
+                                          NULL, &sync_h, &w, &s)));
+    wait_msgs(f, &w, 1);
+    assert_int_equal(w.last_bundle, 1);
+    uint64_t seq0 = w.last_seq;
+    send_acks(s, seq0, seq0);
+
+    /* prepare a new root: pushed at once with both roots and a higher sequence */
+    Meshid__Admin__V1__PrepareAuthorityResponse *p1 = prepare(f, true);
+    assert_true(p1->root_is_new);
+    wait_at_least(f, &w, 2);
+    assert_int_equal(w.last_bundle, 2);
+    assert_true(w.last_seq > seq0);
+    uint64_t seq1 = w.last_seq;
+
+    /* not acknowledged yet: refused, naming the agent; nothing changed */
+    assert_int_equal(activate(f, p1->intermediate_id, false, 1, NULL), RPC_FAILED_PRECONDITION);
+    assert_non_null(strstr(f->msg, "not acknowledged by"));
+    assert_non_null(strstr(f->msg, f->agent_id));
+    Meshid__Admin__V1__AuthorityStatusResponse *st = status(f);
+    assert_string_equal(state_in(st, p1->intermediate_id), "prepared");
+    assert_int_equal(st->n_agents, 1);
+    assert_true(st->agents[0]->connected);
+    assert_int_equal(st->bundle_sequence, seq1);
+    char old_signer[160];
+    snprintf(old_signer, sizeof old_signer, "%s", st->signer_id);
+    free_msg(st);
+
+    /* acknowledged by the agent but not yet by its SDS clients: still refused */
+    send_acks(s, seq1, seq0);
+    assert_int_equal(activate(f, p1->intermediate_id, false, 1, NULL), RPC_FAILED_PRECONDITION);
+    send_acks(s, seq1, seq1);
+    Meshid__Admin__V1__ActivateAuthorityResponse *ar;
+    assert_int_equal(activate(f, p1->intermediate_id, false, 5, &ar), RPC_OK);
+    assert_false(ar->forced);
+    assert_string_equal(ar->root_id, p1->root_id);
+    free_msg(ar);
+
+    /* the server follows the new signer (poll within ~1 s) */
+    char ski[160] = "";
+    for (int i = 0; i < 50; i++) {
+        sign_issuer(f, entry, ski, sizeof ski);
+        if (strcmp(ski, p1->intermediate_id) == 0) break;
+        pump(f, 100);
+    }
+    assert_string_equal(ski, p1->intermediate_id);
+    st = status(f);
+    assert_string_equal(st->signer_id, p1->intermediate_id);
+    assert_string_equal(state_in(st, old_signer), "old");
+    free_msg(st);
+
+    /* force: proceeds after the timeout, audited */
+    Meshid__Admin__V1__PrepareAuthorityResponse *p2 = prepare(f, true);
+    assert_int_equal(activate(f, p2->intermediate_id, true, 1, &ar), RPC_OK);
+    assert_true(ar->forced);
+    assert_true(ar->n_not_acknowledged >= 1);
+    assert_string_equal(ar->not_acknowledged[0], f->agent_id);
+    free_msg(ar);
+    assert_int_equal(audit_events(f, "ca.activate.force", "ok", NULL), 1);
+
+    /* taint the old intermediate: the next Sync names it */
+    Meshid__Admin__V1__TaintAuthorityRequest tr = MESHID__ADMIN__V1__TAINT_AUTHORITY_REQUEST__INIT;
+    tr.id = old_signer;
+    assert_int_equal(unary(f, f->admin, ADMIN "TaintAuthority", &tr.base,
+                           &meshid__admin__v1__taint_authority_response__descriptor, NULL),
+                     RPC_OK);
+    for (int i = 0; i < 50 && w.last_tainted == 0; i++) pump(f, 100);
+    assert_int_equal(w.last_tainted, 1);
+    assert_string_equal(w.tainted0, old_signer);
+    /* unknown and active ids are refused with a clear error */
+    tr.id = "ffffffffffff";
+    assert_int_equal(unary(f, f->admin, ADMIN "TaintAuthority", &tr.base,
+                           &meshid__admin__v1__taint_authority_response__descriptor, NULL),
+                     RPC_NOT_FOUND);
+    assert_int_equal(activate(f, p2->intermediate_id, false, 1, NULL), RPC_FAILED_PRECONDITION);
+    assert_non_null(strstr(f->msg, "already active"));
+
+    /* a disconnected agent does not block */
+    Meshid__Admin__V1__PrepareAuthorityResponse *p3 = prepare(f, true);
+    rpc_stream_cancel(s);
+    for (int i = 0; i < 50; i++) {
+        st = status(f);
+        bool connected = st->agents[0]->connected;
+        free_msg(st);
+        if (!connected) break;
+        pump(f, 100);
+    }
+    assert_int_equal(activate(f, p3->intermediate_id, false, 1, &ar), RPC_OK);
+    assert_false(ar->forced);
+    free_msg(ar);
+    /* three root rotations: new intermediate and root active, the old pair old */
+    assert_int_equal(audit_events(f, "ca.activate", "ok", NULL), 3 * 4);
+
+    free_msg(p1);
+    free_msg(p2);
+    free_msg(p3);
+    free(entry);
+}
+
+/* An old intermediate is retired (old -> removed) once nothing it signed is
+ * live, with a short grace. */
+static void test_rotation_retire(void **state)
+{
+    (void)state;
+    fx *f = calloc(1, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/meshid-server-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->db, sizeof f->db, "%s/meshid.db", f->dir);
+    store *stp;
+    assert_true(mid_is_ok(store_open(f->db, NULL, &stp)));
+    ca_init_opts io = {.trust_domain = TD, .key_type = CA_KEY_EC_P256, .actor = "test"};
+    assert_true(mid_is_ok(ca_init(stp, f->dir, &io)));
+    store_close(stp);
+    assert_true(mid_is_ok(rpc_loop_new(&f->loop)));
+    server_opts o = {.data_dir = f->dir, .listen = "127.0.0.1:0", .workers = 2,
+                     .sync_poll_ms = 100, .server_svid_ttl = 3, .retire_grace = 1,
+                     .rotation_check_ms = 200};
+    if (!mid_is_ok(server_start(&o, f->loop, &f->srv))) fail_msg("server_start: %s", mid_errmsg());
+    char t[4200];
+    snprintf(t, sizeof t, "unix:%s", server_admin_path(f->srv));
+    assert_true(mid_is_ok(rpc_channel_new(f->loop, t, NULL, 0, &f->admin)));
+    Meshid__Admin__V1__AuthorityStatusResponse *st = status(f);
+    char old[160];
+    snprintf(old, sizeof old, "%s", st->signer_id);
+    free_msg(st);
+    Meshid__Admin__V1__PrepareAuthorityResponse *p = prepare(f, false);
+    assert_false(p->root_is_new);
+    Meshid__Admin__V1__ActivateAuthorityResponse *ar;
+    assert_int_equal(activate(f, p->intermediate_id, false, 1, &ar), RPC_OK); /* no agents */
+    free_msg(ar);
+    const char *now_state = "";
+    char buf[32] = "";
+    for (int i = 0; i < 120; i++) {
+        st = status(f);
+        snprintf(buf, sizeof buf, "%s", state_in(st, old));
+        free_msg(st);
+        now_state = buf;
+        if (strcmp(now_state, "removed") == 0) break;
+        pump(f, 100);
+    }
+    assert_string_equal(now_state, "removed");
+    assert_true(audit_events(f, "ca.retire", "ok", NULL) >= 1);
+    free_msg(p);
+    fx *ff = f;
+    teardown((void **)&ff);
+}
+
 static void test_no_trust_domain(void **state)
 {
     (void)state;
@@ -990,6 +1269,8 @@ int run_server_tests(void)
         cmocka_unit_test_setup_teardown(test_report_denials, setup, teardown),
         cmocka_unit_test_setup_teardown(test_admin_other_uid, setup, teardown),
         cmocka_unit_test(test_no_trust_domain),
+        cmocka_unit_test_setup_teardown(test_rotation_gate, setup, teardown),
+        cmocka_unit_test(test_rotation_retire),
     };
     return cmocka_run_group_tests_name("server", tests, NULL, NULL);
 }

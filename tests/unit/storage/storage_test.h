@@ -73,5 +73,6 @@ int run_batch_tests(void);
 int run_tamper_tests(void);
 int run_registry_tests(void);
 int run_migration_tests(void);
+int run_authority_apply_tests(void);
 
 #endif

@@ -10,5 +10,6 @@ int main(void)
     failed += run_tamper_tests();
     failed += run_registry_tests();
     failed += run_migration_tests();
+    failed += run_authority_apply_tests();
     return failed == 0 ? 0 : 1;
 }
