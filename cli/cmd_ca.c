@@ -6,6 +6,7 @@
 #include "ca/ca.h"
 #include "ca/rotation.h"
 #include "cli/cli.h"
+#include "cli/cmd_ca_remote.h"
 #include "identity/spiffe_id.h"
 #include "lib/timeutil.h"
 
@@ -138,6 +139,10 @@ static int ca_status_cmd(cli_ctx *ctx, int argc, char **argv)
         printf("%-16s  %-12s  %-8s  %-20s  %-10s  %9lld  %-8s  %s\n", id, a->kind, a->state, na,
                left, (long long)live, a->upstream ? "upstream" : "self", parent);
     }
+    {
+        char sock[4096];
+        if (ca_remote_socket(ctx, sock, sizeof sock)) ca_remote_print_spread(sock);
+    }
 out:
     store_authority_list_free(rows, n);
     store_close(st);
@@ -154,9 +159,12 @@ out:
 
 /* Parses the flags prepare and rotate share; returns -1 when parsed, else an
  * exit code. */
-static int parse_prepare(int argc, char **argv, const char *usage, ca_prepare_opts *o)
+static int parse_prepare(int argc, char **argv, const char *usage, ca_prepare_opts *o,
+                         int *force, int64_t *timeout_s)
 {
     static const struct option opts[] = {
+        {"force", no_argument, NULL, 'f'},
+        {"timeout", required_argument, NULL, 'T'},
         {"root", no_argument, NULL, 'R'},
         {"upstream-dir", required_argument, NULL, 'u'},
         {"replace", no_argument, NULL, 'x'},
@@ -169,6 +177,12 @@ static int parse_prepare(int argc, char **argv, const char *usage, ca_prepare_op
     opterr = 0;
     for (int c; (c = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
         switch (c) {
+        case 'f':
+        case 'T':
+            if (force == NULL) return cli_usage(usage, "bad option '%s'", argv[optind - 1]);
+            if (c == 'f') *force = 1;
+            else if (!mid_is_ok(r = time_parse_duration(optarg, timeout_s))) return cli_fail(r);
+            break;
         case 'R': o->new_root = 1; break;
         case 'u': o->upstream_dir = optarg; break;
         case 'x': o->replace = 1; break;
@@ -208,8 +222,10 @@ static void print_prepared(const ca_prepared *p)
 static int ca_prepare_cmd(cli_ctx *ctx, int argc, char **argv)
 {
     ca_prepare_opts o = {.actor = ctx->actor};
-    int rc = parse_prepare(argc, argv, CA_PREPARE_USAGE, &o);
+    int rc = parse_prepare(argc, argv, CA_PREPARE_USAGE, &o, NULL, NULL);
     if (rc >= 0) return rc;
+    char sock[4096];
+    if (ca_remote_socket(ctx, sock, sizeof sock)) return ca_remote_prepare(sock, &o);
     store *st = NULL;
     ca_prepared p = {0};
     mid_result r;
@@ -229,8 +245,18 @@ static int ca_prepare_cmd(cli_ctx *ctx, int argc, char **argv)
 static int ca_rotate_cmd(cli_ctx *ctx, int argc, char **argv)
 {
     ca_prepare_opts o = {.actor = ctx->actor};
-    int rc = parse_prepare(argc, argv, CA_ROTATE_USAGE, &o);
+    int force = 0;
+    int64_t timeout_s = 0;
+    int rc = parse_prepare(argc, argv, CA_ROTATE_USAGE, &o, &force, &timeout_s);
     if (rc >= 0) return rc;
+    char sock[4096];
+    if (ca_remote_socket(ctx, sock, sizeof sock)) {
+        if (o.upstream_dir != NULL || o.replace || o.key_type != 0 || o.root_ttl != 0 ||
+            o.intermediate_ttl != 0)
+            return cli_usage(CA_ROTATE_USAGE, "with a server running, rotate takes only --root, "
+                             "--force and --timeout; use ca prepare, then ca activate");
+        return ca_remote_rotate(sock, o.new_root, force, timeout_s);
+    }
     store *st = NULL;
     ca_prepared p = {0};
     char i[17];
@@ -249,6 +275,7 @@ static int ca_rotate_cmd(cli_ctx *ctx, int argc, char **argv)
         print_prepared(&p);
         printf("activated intermediate %s: it signs from now on\n",
                short_id_of(p.intermediate_id, i));
+        printf("(no server running: acted on the store directly; no agent was consulted)\n");
     }
     store_close(st);
     return rc;
@@ -263,20 +290,42 @@ static int one_id(int argc, char **argv, const char *usage)
     return -1;
 }
 
+#define CA_ACTIVATE_USAGE "meshid ca activate ID [--force] [--timeout D]"
+
 static int ca_activate_cmd(cli_ctx *ctx, int argc, char **argv)
 {
-    int rc = one_id(argc, argv, "meshid ca activate ID");
-    if (rc >= 0) return rc;
+    static const struct option opts[] = {{"force", no_argument, NULL, 'f'},
+                                         {"timeout", required_argument, NULL, 'T'},
+                                         {NULL, 0, NULL, 0}};
+    int force = 0;
+    int64_t timeout_s = 0;
+    mid_result r;
+    optind = 0;
+    opterr = 0;
+    for (int c; (c = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
+        if (c == 'f') force = 1;
+        else if (c == 'T') {
+            if (!mid_is_ok(r = time_parse_duration(optarg, &timeout_s))) return cli_fail(r);
+        } else return cli_usage(CA_ACTIVATE_USAGE, "bad option '%s'", argv[optind - 1]);
+    }
+    if (optind >= argc) return cli_usage(CA_ACTIVATE_USAGE, "missing authority ID");
+    if (optind + 1 < argc)
+        return cli_usage(CA_ACTIVATE_USAGE, "unexpected argument '%s'", argv[optind + 1]);
+    const char *id = argv[optind];
+    char sock[4096];
+    if (ca_remote_socket(ctx, sock, sizeof sock))
+        return ca_remote_activate(sock, id, force, timeout_s);
     store *st = NULL;
     char full[CA_AUTHORITY_ID_MAX], i[17];
-    mid_result r;
+    int rc;
     if (!mid_is_ok(r = cli_open_store(ctx, &st))) return cli_fail(r);
-    /* No server gate here: see docs/ca.md "Rotation". */
-    if (!mid_is_ok(r = ca_activate_at(st, ctx->data_dir, argv[1], NULL, ctx->actor, time_now(),
+    /* No server: no gate (see docs/ca.md "Rotation"). */
+    if (!mid_is_ok(r = ca_activate_at(st, ctx->data_dir, id, NULL, ctx->actor, time_now(),
                                       full))) {
         rc = cli_fail(r);
     } else {
         printf("activated intermediate %s: it signs from now on\n", short_id_of(full, i));
+        printf("(no server running: acted on the store directly; no agent was consulted)\n");
         rc = CLI_EXIT_OK;
     }
     store_close(st);
@@ -287,6 +336,8 @@ static int ca_taint_cmd(cli_ctx *ctx, int argc, char **argv)
 {
     int rc = one_id(argc, argv, "meshid ca taint ID");
     if (rc >= 0) return rc;
+    char sock[4096];
+    if (ca_remote_socket(ctx, sock, sizeof sock)) return ca_remote_taint_revoke(sock, argv[1], 0);
     store *st = NULL;
     char full[CA_AUTHORITY_ID_MAX], i[17];
     mid_result r;
@@ -305,6 +356,8 @@ static int ca_revoke_cmd(cli_ctx *ctx, int argc, char **argv)
 {
     int rc = one_id(argc, argv, "meshid ca revoke ID");
     if (rc >= 0) return rc;
+    char sock[4096];
+    if (ca_remote_socket(ctx, sock, sizeof sock)) return ca_remote_taint_revoke(sock, argv[1], 1);
     store *st = NULL;
     char full[CA_AUTHORITY_ID_MAX], i[17];
     mid_result r;

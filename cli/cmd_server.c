@@ -1,4 +1,5 @@
-/* meshid server [--listen HOST:PORT] [--svid-ttl D] [--admin-socket PATH] */
+/* meshid server [--listen HOST:PORT] [--svid-ttl D] [--admin-socket PATH]
+ *               [--auto-rotate] [--auto-rotate-root] [--retire-grace D] */
 #include <getopt.h>
 #include <stdio.h>
 #include <string.h>
@@ -7,13 +8,18 @@
 #include "lib/timeutil.h"
 #include "sds/server.h"
 
-#define SERVER_USAGE "meshid server [--listen HOST:PORT] [--svid-ttl D] [--admin-socket PATH]"
+#define SERVER_USAGE                                                                          \
+    "meshid server [--listen HOST:PORT] [--svid-ttl D] [--admin-socket PATH] [--auto-rotate] " \
+    "[--auto-rotate-root] [--retire-grace D]"
 
 int cmd_server(cli_ctx *ctx, int argc, char **argv)
 {
     static const struct option opts[] = {{"listen", required_argument, NULL, 'l'},
                                          {"svid-ttl", required_argument, NULL, 't'},
                                          {"admin-socket", required_argument, NULL, 'a'},
+                                         {"auto-rotate", no_argument, NULL, 'r'},
+                                         {"auto-rotate-root", no_argument, NULL, 'R'},
+                                         {"retire-grace", required_argument, NULL, 'g'},
                                          {NULL, 0, NULL, 0}};
     server_opts o = {.data_dir = ctx->data_dir};
     mid_result r;
@@ -23,9 +29,16 @@ int cmd_server(cli_ctx *ctx, int argc, char **argv)
         switch (c) {
         case 'l': o.listen = optarg; break;
         case 't':
+            /* The control plane's own SVIDs: the agents' and the server's. */
             if (!mid_is_ok(r = time_parse_duration(optarg, &o.agent_svid_ttl))) return cli_fail(r);
+            o.server_svid_ttl = o.agent_svid_ttl;
             break;
         case 'a': o.admin_sock = optarg; break;
+        case 'r': o.auto_rotate = 1; break;
+        case 'R': o.auto_rotate_root = 1; break;
+        case 'g':
+            if (!mid_is_ok(r = time_parse_duration(optarg, &o.retire_grace))) return cli_fail(r);
+            break;
         default: return cli_usage(SERVER_USAGE, "bad option '%s'", argv[optind - 1]);
         }
     }

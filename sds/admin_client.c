@@ -58,6 +58,14 @@ mid_result admin_default_socket(const char *data_dir, char *out, size_t cap)
 mid_result admin_call(const char *sock_path, const char *method, const ProtobufCMessage *req,
                       const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp)
 {
+    return admin_call_timeout(sock_path, method, req, resp_desc, ADMIN_CLIENT_TIMEOUT_MS, resp);
+}
+
+mid_result admin_call_timeout(const char *sock_path, const char *method,
+                              const ProtobufCMessage *req,
+                              const ProtobufCMessageDescriptor *resp_desc, int64_t timeout_ms,
+                              ProtobufCMessage **resp)
+{
     *resp = NULL;
     MID_ENSURE(fs_exists(sock_path), MID_E_IO,
                "no admin socket at %s: is 'meshid server' running with this --data-dir?",
@@ -70,7 +78,7 @@ mid_result admin_call(const char *sock_path, const char *method, const ProtobufC
     mid_result r = MID_OK_RESULT;
     MID_TRY(r, rpc_loop_new(&w.loop));
     MID_TRY(r, rpc_channel_new(w.loop, target, NULL, 0, &ch));
-    rpc_call_opts o = {.timeout_ms = ADMIN_CLIENT_TIMEOUT_MS};
+    rpc_call_opts o = {.timeout_ms = timeout_ms};
     MID_TRY(r, rpc_unary(ch, path, req, resp_desc, &o, on_reply, &w));
     MID_TRY(r, rpc_loop_run(w.loop));
     MID_CHECK(r, !w.nomem, MID_E_NOMEM, "out of memory");

@@ -23,6 +23,12 @@
 MID_RESULT admin_call(const char *sock_path, const char *method, const ProtobufCMessage *req,
                       const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp);
 
+/* The same with a deadline of `timeout_ms` (for calls that wait on agents). */
+MID_RESULT admin_call_timeout(const char *sock_path, const char *method,
+                              const ProtobufCMessage *req,
+                              const ProtobufCMessageDescriptor *resp_desc, int64_t timeout_ms,
+                              ProtobufCMessage **resp);
+
 /* <data_dir>/run/admin.sock into out. */
 MID_RESULT admin_default_socket(const char *data_dir, char *out, size_t cap);
 

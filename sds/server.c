@@ -402,6 +402,10 @@ mid_result server_start(const server_opts *o, rpc_loop *loop, server **out)
     s->auto_rotate_root = o->auto_rotate_root;
     s->retire_grace = o->retire_grace > 0 ? o->retire_grace : CA_RETIRE_GRACE;
     s->rotation_ms = o->rotation_check_ms > 0 ? o->rotation_check_ms : SERVER_ROTATION_CHECK_MS;
+    /* A short grace (tests, small meshes) is pointless if retirement is only
+     * looked at once a minute: check at least once per grace period. */
+    if (o->rotation_check_ms == 0 && s->retire_grace * 1000 < s->rotation_ms)
+        s->rotation_ms = s->retire_grace < 1 ? 1000 : s->retire_grace * 1000;
     mid_result r = MID_OK_RESULT;
     ca_svid *svid = NULL;
     snprintf(s->listen, sizeof s->listen, "%s", o->listen ? o->listen : SERVER_LISTEN_DEFAULT);

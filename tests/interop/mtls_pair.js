@@ -16,6 +16,7 @@
 //       final summary to stdout (and FILE) and exits 0 iff nothing failed.
 //   node mtls_pair.js client SOCKET PORT --expect-server-id ID --rate N
 //       --duration S [--stats FILE]
+//       SIGTERM/SIGINT end a client run early (expectation scaled to the time run).
 //       Opens a fresh mTLS connection every 1/N s with the latest SDS
 //       credentials, verifies the server chain against the latest ROOTCA and
 //       its URI SAN == ID, reads the reply. Any TLS error, wrong identity or
@@ -359,7 +360,15 @@ function modeClient(sock, port) {
   let inflight = 0;
   let attempts = 0;
   let lastOk = 0;
-  const want = rate * duration;
+  let want = rate * duration;
+  let stopEarly = false;
+  // SIGTERM/SIGINT end the run early: the expectation scales to the time run.
+  const onStop = () => {
+    stopEarly = true;
+    if (started) want = Math.max(1, Math.floor(rate * (Date.now() - started) / 1000));
+  };
+  process.on('SIGTERM', onStop);
+  process.on('SIGINT', onStop);
 
   const sds = followSds(sock, (creds, i) => {
     ctx = tls.createSecureContext(creds);
@@ -371,7 +380,7 @@ function modeClient(sock, port) {
   function start() {
     started = Date.now();
     const fire = setInterval(() => {
-      if (attempts >= want || Date.now() - started > duration * 1000 + 500) {
+      if (stopEarly || attempts >= want || Date.now() - started > duration * 1000 + 500) {
         clearInterval(fire);
         return finishWhenIdle();
       }
