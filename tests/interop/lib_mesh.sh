@@ -18,7 +18,7 @@ chmod 755 "$WORK"
 OUT="$WORK/out"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap 'cleanup; rm -rf "$WORK"' EXIT
+trap 'cleanup; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
 fail() { echo "FAIL: $*" >&2; [ -f "$OUT" ] && tail -n 30 "$OUT" >&2; exit 1; }
 step() { echo "-- $*"; }
 as_uid() { local u=$1; shift; setpriv --reuid="$u" --regid="$u" --clear-groups "$@"; }
