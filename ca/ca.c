@@ -306,6 +306,12 @@ MID_RESULT ca_open(store *st, const char *data_dir, ca **out)
     const store_authority *a = pick_signer(rows, n);
     MID_CHECK(r, a != NULL, MID_E_STATE, "no active signing authority in the store");
     MID_TRY(r, load_signer(c, a, data_dir));
+    const char *cross = "";
+    for (size_t i = 0; a->parent_id != NULL && i < n; i++)
+        if (strcmp(rows[i].a.id, a->parent_id) == 0 && rows[i].a.chain_pem != NULL)
+            cross = rows[i].a.chain_pem;
+    c->root_cross_pem = strdup(cross);
+    MID_CHECK_MEM(r, c->root_cross_pem);
     *out = c;
     c = NULL;
 out:
@@ -324,7 +330,10 @@ void ca_close(ca *c)
     X509_NAME_free(c->issuer_name);
     ASN1_OCTET_STRING_free(c->issuer_key_id);
     free(c->chain_pem);
+    free(c->root_cross_pem);
     free(c);
 }
+
+const char *ca_root_cross_pem(const ca *c) { return c->root_cross_pem; }
 
 const char *ca_trust_domain(const ca *c) { return c->trust_domain; }

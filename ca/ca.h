@@ -56,6 +56,11 @@ MID_RESULT ca_init_upstream(store *st, const char *data_dir, const char *upstrea
 MID_RESULT ca_open(store *st, const char *data_dir, ca **out);
 void ca_close(ca *c);
 const char *ca_trust_domain(const ca *c);
+/* The stored chain_pem of the signing intermediate's root: cross-certificates
+ * of that root by the previous root (PEM, "" when none). Not part of workload
+ * SVID chains; the server appends it to its own TLS chain so that agents that
+ * still trust only the previous root can verify it. */
+const char *ca_root_cross_pem(const ca *c);
 
 typedef struct {
     const char *spiffe_id;      /* requested identity; the CA validates it */

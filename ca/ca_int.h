@@ -25,6 +25,8 @@ struct ca {
     int64_t sign_not_before;                  /* cert's notBefore */
     int64_t sign_not_after;                   /* earliest notAfter of cert, chain and root */
     char *chain_pem;                          /* cert then chain, appended to every leaf */
+    char *root_cross_pem;                     /* the root's chain_pem: cross-certificate(s)
+                                                 to the previous root, "" if none */
 };
 
 /* Authority states that keep a root in the trust bundle. */

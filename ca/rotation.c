@@ -504,6 +504,9 @@ MID_RESULT ca_prepare(store *st, const char *data_dir, const ca_prepare_opts *o,
     EVP_PKEY *issuer_key = NULL;
     char up_key_path[4096] = "";
     int up_key_written = 0;
+    X509 *old_root = NULL, *cross = NULL;
+    EVP_PKEY *old_root_key = NULL;
+    char *cross_pem = NULL;
     store_authority root_row, inter_row;
     MID_CHECK(r, st != NULL && data_dir != NULL && o != NULL, MID_E_INVALID, "missing arguments");
     MID_CHECK(r, !(o->new_root && o->upstream_dir != NULL), MID_E_INVALID,
@@ -597,6 +600,21 @@ MID_RESULT ca_prepare(store *st, const char *data_dir, const ca_prepare_opts *o,
             MID_CHECK(r, table_get(&t, root.id) == NULL, MID_E_EXISTS,
                       "new root id %s collides with a stored authority", root.id);
             fill_new_row(&root_row, &root, "root", td, NULL, created_at);
+            if (ar->key_ref != NULL && ar->key_ref[0] != '\0' && !ar->upstream &&
+                ar->not_after > now) {
+                /* Cross-sign the new root with the active one, so that a
+                 * peer still trusting only the active root verifies
+                 * certificates under the new one (docs/ca.md). */
+                MID_TRY(r, stored_cert(ar, &old_root));
+                MID_TRY(r, load_authority_key(ar, data_dir, old_root, &old_root_key));
+                ca_x509_authority_params xp = {.trust_domain = td, .key = root.key,
+                                               .not_before = now - CA_CLOCK_SKEW,
+                                               .not_after = now + ttl, /* clamped */
+                                               .issuer = old_root, .issuer_key = old_root_key};
+                MID_TRY(r, ca_x509_build_cross(&xp, &cross));
+                MID_TRY(r, ca_x509_append_pem(cross, &cross_pem));
+                root_row.chain_pem = cross_pem;
+            }
             ca_key_describe(root.key, desc, sizeof desc);
             MID_TRY(r, change_add_new(&cs, actor, &root_row, desc,
                                       "created self-signed root (prepared)"));
@@ -645,6 +663,10 @@ out:
     ca_new_authority_clear(&root, !mid_is_ok(r));
     X509_free(issuer);
     EVP_PKEY_free(issuer_key);
+    X509_free(old_root);
+    X509_free(cross);
+    EVP_PKEY_free(old_root_key);
+    free(cross_pem);
     adopted_clear(&up);
     change_set_clear(&cs);
     table_free(&t);

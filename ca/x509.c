@@ -277,8 +277,12 @@ static mid_result make_name(const char *role, const char *td, X509_NAME **out)
     return mid_ok();
 }
 
-static mid_result build_authority(const ca_x509_authority_params *p, int is_root, X509 **out)
+enum { AUTH_INTERMEDIATE = 0, AUTH_ROOT = 1, AUTH_CROSS = 2 };
+
+static mid_result build_authority(const ca_x509_authority_params *p, int kind, X509 **out)
 {
+    int is_root = kind == AUTH_ROOT;              /* self-signed */
+    int root_subject = kind != AUTH_INTERMEDIATE; /* a root's subject, no pathlen */
     mid_result r = MID_OK_RESULT;
     X509 *x = NULL;
     X509_NAME *name = NULL;
@@ -289,9 +293,10 @@ static mid_result build_authority(const ca_x509_authority_params *p, int is_root
 
     MID_CHECK(r, p->trust_domain != NULL && p->key != NULL, MID_E_INTERNAL, "missing parameters");
     MID_CHECK(r, is_root || (p->issuer != NULL && p->issuer_key != NULL), MID_E_INTERNAL,
-              "intermediate without an issuer");
+              "intermediate or cross-certificate without an issuer");
     MID_TRY(r, new_cert(&x, serial_hex));
-    MID_TRY(r, make_name(is_root ? "meshid root" : "meshid intermediate", p->trust_domain, &name));
+    MID_TRY(r, make_name(root_subject ? "meshid root" : "meshid intermediate", p->trust_domain,
+                         &name));
     MID_CHECK_OSSL(r, X509_set_subject_name(x, name), MID_E_CRYPTO, "cannot set subject");
     MID_CHECK_OSSL(r, X509_set_issuer_name(x, is_root ? name : X509_get_subject_name(p->issuer)),
                    MID_E_CRYPTO, "cannot set issuer");
@@ -304,7 +309,7 @@ static mid_result build_authority(const ca_x509_authority_params *p, int is_root
     }
     MID_TRY(r, set_validity(x, nb, na));
     MID_CHECK_OSSL(r, X509_set_pubkey(x, p->key), MID_E_CRYPTO, "cannot set the public key");
-    MID_TRY(r, add_basic_constraints(x, 1, is_root ? -1 : 0));
+    MID_TRY(r, add_basic_constraints(x, 1, root_subject ? -1 : 0));
     static const int ca_bits[] = {KU_BIT_KEY_CERT_SIGN, KU_BIT_CRL_SIGN};
     MID_TRY(r, add_key_usage(x, ca_bits, 2));
     MID_TRY(r, add_ski(x));
@@ -326,12 +331,17 @@ out:
 
 MID_RESULT ca_x509_build_root(const ca_x509_authority_params *p, X509 **out)
 {
-    return build_authority(p, 1, out);
+    return build_authority(p, AUTH_ROOT, out);
+}
+
+MID_RESULT ca_x509_build_cross(const ca_x509_authority_params *p, X509 **out)
+{
+    return build_authority(p, AUTH_CROSS, out);
 }
 
 MID_RESULT ca_x509_build_intermediate(const ca_x509_authority_params *p, X509 **out)
 {
-    return build_authority(p, 0, out);
+    return build_authority(p, AUTH_INTERMEDIATE, out);
 }
 
 /* The certificate's subjectPublicKeyInfo from a parsed SPKI: the same

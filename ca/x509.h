@@ -46,6 +46,14 @@ MID_RESULT ca_x509_build_root(const ca_x509_authority_params *p, X509 **out);
  * CN=meshid intermediate <td>. not_after is clamped to the issuer's. */
 MID_RESULT ca_x509_build_intermediate(const ca_x509_authority_params *p, X509 **out);
 
+/* Cross-certificate for a new root: p->key is the new root's key (its public
+ * half is certified), p->issuer / p->issuer_key the previous root. Subject
+ * and SKI as the new root's (O=meshid, CN=meshid root <td>), no pathlen,
+ * AKI of the issuer, validity clamped to the issuer's; signed by the previous
+ * root, so certificates under the new root also verify with only the previous
+ * root trusted. */
+MID_RESULT ca_x509_build_cross(const ca_x509_authority_params *p, X509 **out);
+
 /* Parameters of an X.509-SVID leaf. */
 typedef struct {
     /* The workload's key: exactly one of these two. `spki` (from a CSR) is

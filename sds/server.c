@@ -66,16 +66,28 @@ typedef struct {
     server *s;
     node_ca_pin *pin;
     ca_svid *svid;
+    char *cross; /* the signing root's cross-certificates, see issue_svid */
     mid_err err;
     char msg[256];
 } reissue_job;
 
-static mid_result issue_svid(server *s, ca *c, ca_svid **out)
+/* Also returns (*cross, malloc()ed) the cross-certificates of the signing
+ * root by the previous root: the server sends them after its chain, so an
+ * agent that missed a root rotation and trusts only the previous root still
+ * verifies the server and learns the new bundle (docs/ca.md). */
+static mid_result issue_svid(server *s, ca *c, ca_svid **out, char **cross)
 {
     static const char *const dns[] = {"localhost"};
     ca_issue_req req = {.spiffe_id = s->spiffe_id, .key_type = CA_KEY_EC_P256, .ttl = s->svid_ttl,
                         .dns = dns, .n_dns = 1, .actor = "system:server"};
-    return ca_issue(c, &req, out);
+    *cross = strdup(ca_root_cross_pem(c));
+    MID_ENSURE(*cross != NULL, MID_E_NOMEM, "out of memory");
+    mid_result r = ca_issue(c, &req, out);
+    if (!mid_is_ok(r)) {
+        free(*cross);
+        *cross = NULL;
+    }
+    return r;
 }
 
 static void free_pem(char **p)
@@ -84,11 +96,18 @@ static void free_pem(char **p)
     *p = NULL;
 }
 
-/* Takes the new SVID's chain and key (and the current bundle) into use for
- * new handshakes. */
-static mid_result adopt_svid(server *s, ca_svid *svid, bool apply)
+/* Takes the new SVID's chain followed by `cross` (see issue_svid) and its key
+ * (and the current bundle) into use for new handshakes. */
+static mid_result adopt_svid(server *s, ca_svid *svid, const char *cross, bool apply)
 {
-    char *chain = strdup(ca_svid_chain_pem(svid)), *key = strdup(ca_svid_key_pem(svid));
+    const char *sc = ca_svid_chain_pem(svid);
+    if (cross == NULL) cross = "";
+    size_t sl = strlen(sc), xl = strlen(cross);
+    char *chain = malloc(sl + xl + 1), *key = strdup(ca_svid_key_pem(svid));
+    if (chain) {
+        memcpy(chain, sc, sl);
+        memcpy(chain + sl, cross, xl + 1);
+    }
     const char *bundle = node_service_bundle_pem(s->ns, NULL);
     char *cap = strdup(bundle ? bundle : "");
     if (!chain || !key || !cap) {
@@ -121,7 +140,7 @@ static mid_result adopt_svid(server *s, ca_svid *svid, bool apply)
 static void reissue_work(void *arg)
 {
     reissue_job *j = arg;
-    mid_result r = issue_svid(j->s, node_ca_pin_ca(j->pin), &j->svid);
+    mid_result r = issue_svid(j->s, node_ca_pin_ca(j->pin), &j->svid, &j->cross);
     j->err = r.err;
     if (!mid_is_ok(r)) snprintf(j->msg, sizeof j->msg, "%s", mid_errmsg());
 }
@@ -133,7 +152,7 @@ static void reissue_done(void *arg, bool ran)
     s->reissuing = false;
     node_ca_pin_release(j->pin);
     if (ran && j->err == MID_E_OK && !s->stopped) {
-        if (mid_is_ok(adopt_svid(s, j->svid, true)))
+        if (mid_is_ok(adopt_svid(s, j->svid, j->cross, true)))
             LOG_INFO("server: TLS SVID renewed, valid until %lld", (long long)s->svid_not_after);
         else
             LOG_ERROR("server: cannot use the renewed TLS SVID: %s", mid_errmsg());
@@ -141,6 +160,7 @@ static void reissue_done(void *arg, bool ran)
         LOG_ERROR("server: cannot renew the TLS SVID: %s", j->msg);
     }
     ca_svid_free(j->svid);
+    free(j->cross);
     free(j);
 }
 
@@ -408,6 +428,7 @@ mid_result server_start(const server_opts *o, rpc_loop *loop, server **out)
         s->rotation_ms = s->retire_grace < 1 ? 1000 : s->retire_grace * 1000;
     mid_result r = MID_OK_RESULT;
     ca_svid *svid = NULL;
+    char *cross = NULL;
     snprintf(s->listen, sizeof s->listen, "%s", o->listen ? o->listen : SERVER_LISTEN_DEFAULT);
     MID_TRY(r, open_state(s, o)); /* first: nothing is created without a trust domain */
     if (o->admin_sock) {
@@ -437,8 +458,8 @@ mid_result server_start(const server_opts *o, rpc_loop *loop, server **out)
     MID_TRY(r, admin_service_new(&ao, &s->as));
 
     /* The server's own SVID; issued here, before the loop runs. */
-    MID_TRY(r, issue_svid(s, node_service_ca(s->ns), &svid));
-    MID_TRY(r, adopt_svid(s, svid, false));
+    MID_TRY(r, issue_svid(s, node_service_ca(s->ns), &svid, &cross));
+    MID_TRY(r, adopt_svid(s, svid, cross, false));
 
     /* Admin socket first: it refuses to start when another server answers. */
     MID_TRY(r, rpc_server_new(loop, NULL, &s->admin_srv));
@@ -457,6 +478,7 @@ mid_result server_start(const server_opts *o, rpc_loop *loop, server **out)
     *out = s;
 out:
     ca_svid_free(svid);
+    free(cross);
     if (!mid_is_ok(r)) {
         /* keep the error message through the cleanup */
         mid_err err = r.err;

@@ -12,6 +12,7 @@
 #include <openssl/x509v3.h>
 
 #include "ca/rotation.h"
+#include "ca/x509.h"
 #include "lib/timeutil.h"
 #include "tests/testlib/ca_fixtures.h"
 #include "tests/unit/ca/ca_tests.h"
@@ -279,6 +280,86 @@ static void t_root_rotation_and_retire(void **state)
     assert_int_equal(verify_svid(e, s2), X509_V_OK);
     ca_svid_free(s1);
     ca_svid_free(s2);
+}
+
+/* The PEM columns of authority `id`: cert_pem and chain_pem (caller frees). */
+static void pems_of(store *st, const char *id, char **cert, char **chain)
+{
+    store_authority_row *rows = NULL;
+    size_t n = 0;
+    assert_ok(store_authority_list(st, &rows, &n));
+    *cert = *chain = NULL;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(rows[i].a.id, id) == 0) {
+            *cert = strdup(rows[i].a.cert_pem);
+            *chain = strdup(rows[i].a.chain_pem ? rows[i].a.chain_pem : "");
+        }
+    store_authority_list_free(rows, n);
+    assert_non_null(*cert);
+    assert_non_null(*chain);
+}
+
+/* prepare --root cross-signs the new root with the active one: the new root's
+ * chain_pem certifies the new root's key under the old root, so the new
+ * intermediate verifies with only the old root trusted. */
+static void t_root_cross_signed(void **state)
+{
+    ca_env *e = *state;
+    char old_r[CA_AUTHORITY_ID_MAX];
+    find_id(e->st, "root", "active", old_r);
+    char *old_pem = NULL, *old_chain = NULL;
+    pems_of(e->st, old_r, &old_pem, &old_chain);
+    assert_string_equal(old_chain, ""); /* the first root has nothing to cross to */
+    ca_prepared p = prepare(e, 1);
+    char *new_pem = NULL, *cross_pem = NULL, *inter_pem = NULL, *inter_chain = NULL;
+    pems_of(e->st, p.root_id, &new_pem, &cross_pem);
+    pems_of(e->st, p.intermediate_id, &inter_pem, &inter_chain);
+    assert_true(cross_pem[0] != '\0');
+
+    STACK_OF(X509) *olds = cafx_pem_certs(old_pem), *news = cafx_pem_certs(new_pem),
+                   *xs = cafx_pem_certs(cross_pem), *is = cafx_pem_certs(inter_pem);
+    assert_int_equal(sk_X509_num(xs), 1);
+    X509 *r1 = sk_X509_value(olds, 0), *r2 = sk_X509_value(news, 0), *x = sk_X509_value(xs, 0),
+         *i2 = sk_X509_value(is, 0);
+    assert_int_equal(EVP_PKEY_eq(X509_get0_pubkey(x), X509_get0_pubkey(r2)), 1);
+    assert_int_equal(X509_NAME_cmp(X509_get_subject_name(x), X509_get_subject_name(r2)), 0);
+    assert_int_equal(X509_check_issued(r1, x), X509_V_OK);
+    assert_int_equal(X509_verify(x, X509_get0_pubkey(r1)), 1);
+    assert_int_equal(X509_get_pathlen(x), -1);
+    assert_true(X509_check_ca(x) > 0);
+    char ski_x[CA_KEY_ID_HEX_MAX], ski_r2[CA_KEY_ID_HEX_MAX];
+    assert_ok(ca_x509_key_id_hex(x, ski_x));
+    assert_ok(ca_x509_key_id_hex(r2, ski_r2));
+    assert_string_equal(ski_x, ski_r2);
+
+    /* only the old root trusted: X verifies, and I2 through X */
+    STACK_OF(X509) *anchors = sk_X509_new_null();
+    assert_non_null(anchors);
+    assert_true(sk_X509_push(anchors, r1) > 0);
+    STACK_OF(X509) *chain = NULL;
+    assert_ok(ca_x509_verify(x, NULL, anchors, 0, NULL));
+    assert_ok(ca_x509_verify(i2, xs, anchors, 0, &chain));
+    assert_int_equal(sk_X509_num(chain), 3);
+    assert_int_equal(X509_cmp(sk_X509_value(chain, 2), r1), 0);
+    sk_X509_pop_free(chain, X509_free);
+    /* only the new root trusted: I2 still verifies directly (X is not needed) */
+    sk_X509_zero(anchors);
+    assert_true(sk_X509_push(anchors, r2) > 0);
+    assert_ok(ca_x509_verify(i2, xs, anchors, 0, &chain));
+    assert_int_equal(X509_cmp(sk_X509_value(chain, sk_X509_num(chain) - 1), r2), 0);
+    sk_X509_pop_free(chain, X509_free);
+    sk_X509_free(anchors);
+
+    sk_X509_pop_free(olds, X509_free);
+    sk_X509_pop_free(news, X509_free);
+    sk_X509_pop_free(xs, X509_free);
+    sk_X509_pop_free(is, X509_free);
+    free(old_pem);
+    free(old_chain);
+    free(new_pem);
+    free(cross_pem);
+    free(inter_pem);
+    free(inter_chain);
 }
 
 static void t_retire_intermediate_short_ttl(void **state)
@@ -743,6 +824,7 @@ int ca_test_rotation(void)
         cmocka_unit_test_setup_teardown(t_intermediate_rotation, ca_env_setup, ca_env_teardown),
         cmocka_unit_test_setup_teardown(t_root_rotation_and_retire, ca_env_setup,
                                         ca_env_teardown),
+        cmocka_unit_test_setup_teardown(t_root_cross_signed, ca_env_setup, ca_env_teardown),
         cmocka_unit_test_setup_teardown(t_retire_intermediate_short_ttl, ca_env_setup,
                                         ca_env_teardown),
         cmocka_unit_test_setup_teardown(t_activate_refusals, ca_env_setup, ca_env_teardown),
