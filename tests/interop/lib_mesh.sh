@@ -36,7 +36,8 @@ mesh_init() {
   chmod -R a+rX "$JS"
   cp "$MESHID" "$WORK/meshid" && chmod 755 "$WORK/meshid"
   M="$WORK/meshid"
-  "$M" --data-dir "$SRV" ca init --trust-domain "$TD" >/dev/null
+  # shellcheck disable=SC2086
+  "$M" --data-dir "$SRV" ca init --trust-domain "$TD" ${MESH_CA_INIT_ARGS:-} >/dev/null
   "$M" --data-dir "$SRV" bundle show >"$WORK/bundle.pem"
 }
 
