@@ -41,6 +41,7 @@
 #include "lib/log.h"
 #include "lib/result.h"
 #include "lib/rpc_int.h"
+#include "tests/fuzz/fuzz_decode.h"
 #include "sds/sds_service_int.h"
 #include "sds/secrets.h"
 #include "sds/view.h"
@@ -48,20 +49,11 @@
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond)                                                                          \
-    do {                                                                                     \
-        if (!(cond)) {                                                                       \
-            fprintf(stderr, "invariant failed at %s:%d: %s\n", __FILE__, __LINE__, #cond);   \
-            abort();                                                                         \
-        }                                                                                    \
-    } while (0)
 
 typedef Envoy__Service__Discovery__V3__DiscoveryRequest disc_req;
 typedef Envoy__Service__Discovery__V3__DeltaDiscoveryRequest delta_req;
 
 /* What the server uses: rpc_server_opts defaults (lib/rpc_server.c). */
-#define MAX_MSG RPC_DEFAULT_MAX_MSG
-#define MAX_ARENA (4 * RPC_DEFAULT_MAX_MSG)
 /* The service's default subscription limit (sds_service_opts.max_names). */
 #define MAX_NAMES 128
 
@@ -70,8 +62,6 @@ typedef Envoy__Service__Discovery__V3__DeltaDiscoveryRequest delta_req;
 #define ID_WEB "spiffe://" TD "/ns/default/sa/web"
 #define ID_DB "spiffe://" TD "/ns/default/sa/db"
 
-static arena *g_msg;   /* decoded requests */
-static arena *g_again; /* re-decoding for the fixed-point check */
 static arena *g_build; /* built secrets */
 static sds_view *g_views[2];
 
@@ -183,8 +173,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc;
     (void)argv;
     log_set_level(LOG_LVL_OFF);
-    CHECK(mid_is_ok(arena_new(MAX_ARENA, &g_msg)));
-    CHECK(mid_is_ok(arena_new(MAX_ARENA, &g_again)));
+    fuzz_decode_init();
     CHECK(mid_is_ok(arena_new(0, &g_build)));
     build_views();
     return 0;
@@ -192,54 +181,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 /* ---- decoding ---------------------------------------------------------------- */
 
-/* Pack, decode, pack again: the same bytes. */
-static void check_fixed_point(const ProtobufCMessage *m)
-{
-    CHECK(protobuf_c_message_check(m));
-    size_t n = protobuf_c_message_get_packed_size(m);
-    uint8_t *b1 = malloc(n ? n : 1);
-    CHECK(b1 != NULL);
-    CHECK(protobuf_c_message_pack(m, b1) == n);
-    ProtobufCMessage *m2 = NULL;
-    CHECK(rpc_codec_unpack(b1, n, m->descriptor, MAX_MSG, g_again, &m2) == RPC_UNPACK_OK);
-    size_t n2 = protobuf_c_message_get_packed_size(m2);
-    CHECK(n2 == n);
-    uint8_t *b2 = malloc(n2 ? n2 : 1);
-    CHECK(b2 != NULL);
-    CHECK(protobuf_c_message_pack(m2, b2) == n2);
-    CHECK(memcmp(b1, b2, n) == 0);
-    free(b1);
-    free(b2);
-    arena_reset(g_again);
-}
 
-/* Decodes as the runtime does, plus the limit paths. */
-static const ProtobufCMessage *decode(const ProtobufCMessageDescriptor *d, const uint8_t *data,
-                                      size_t size)
-{
-    ProtobufCMessage *m = NULL;
-    rpc_unpack_res r = rpc_codec_unpack(data, size, d, MAX_MSG, g_msg, &m);
-    CHECK(r == RPC_UNPACK_OK || r == RPC_UNPACK_MALFORMED); /* far below both limits */
-    CHECK((r == RPC_UNPACK_OK) == (m != NULL));
-    if (m) check_fixed_point(m);
-
-    /* over the size limit: refused before decoding */
-    ProtobufCMessage *t = NULL;
-    if (size > 0) CHECK(rpc_codec_unpack(data, size, d, size - 1, g_again, &t) ==
-                            RPC_UNPACK_TOO_LARGE && t == NULL);
-    /* a tight arena: an exhausted arena is TOO_LARGE, never a crash or a
-     * different verdict */
-    arena *small = NULL;
-    CHECK(mid_is_ok(arena_new(1 + size / 2, &small)));
-    rpc_unpack_res rs = rpc_codec_unpack(data, size, d, MAX_MSG, small, &t);
-    CHECK((rs == RPC_UNPACK_OK) == (t != NULL));
-    if (r == RPC_UNPACK_OK) CHECK(rs == RPC_UNPACK_OK || rs == RPC_UNPACK_TOO_LARGE);
-    else CHECK(rs == RPC_UNPACK_MALFORMED || rs == RPC_UNPACK_TOO_LARGE);
-    CHECK((rs == RPC_UNPACK_TOO_LARGE) == arena_exhausted(small));
-    arena_free(small);
-    arena_reset(g_again);
-    return m;
-}
 
 /* ---- the service's checks and the builders ------------------------------------- */
 

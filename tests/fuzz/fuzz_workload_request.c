@@ -24,78 +24,27 @@
 #include "lib/log.h"
 #include "lib/result.h"
 #include "lib/rpc_int.h"
+#include "tests/fuzz/fuzz_decode.h"
 #include "spiffe/workload.pb-c.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond)                                                                          \
-    do {                                                                                     \
-        if (!(cond)) {                                                                       \
-            fprintf(stderr, "invariant failed at %s:%d: %s\n", __FILE__, __LINE__, #cond);   \
-            abort();                                                                         \
-        }                                                                                    \
-    } while (0)
 
-#define MAX_MSG RPC_DEFAULT_MAX_MSG
-#define MAX_ARENA (4 * RPC_DEFAULT_MAX_MSG) /* rpc_server.c's default per message */
 
-static arena *g_msg, *g_again;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
     log_set_level(LOG_LVL_OFF);
-    CHECK(mid_is_ok(arena_new(MAX_ARENA, &g_msg)));
-    CHECK(mid_is_ok(arena_new(MAX_ARENA, &g_again)));
+    fuzz_decode_init();
     return 0;
 }
 
-/* ---- decoding (as in every *_request target) --------------------------------- */
+/* ---- decoding: tests/fuzz/fuzz_decode.h -------------------------------------- */
 
-static void check_fixed_point(const ProtobufCMessage *m)
-{
-    CHECK(protobuf_c_message_check(m));
-    size_t n = protobuf_c_message_get_packed_size(m);
-    uint8_t *b1 = malloc(n ? n : 1);
-    CHECK(b1 != NULL);
-    CHECK(protobuf_c_message_pack(m, b1) == n);
-    ProtobufCMessage *m2 = NULL;
-    CHECK(rpc_codec_unpack(b1, n, m->descriptor, MAX_MSG, g_again, &m2) == RPC_UNPACK_OK);
-    size_t n2 = protobuf_c_message_get_packed_size(m2);
-    CHECK(n2 == n);
-    uint8_t *b2 = malloc(n2 ? n2 : 1);
-    CHECK(b2 != NULL);
-    CHECK(protobuf_c_message_pack(m2, b2) == n2);
-    CHECK(memcmp(b1, b2, n) == 0);
-    free(b1);
-    free(b2);
-    arena_reset(g_again);
-}
 
-static const ProtobufCMessage *decode(const ProtobufCMessageDescriptor *d, const uint8_t *data,
-                                      size_t size)
-{
-    ProtobufCMessage *m = NULL;
-    rpc_unpack_res r = rpc_codec_unpack(data, size, d, MAX_MSG, g_msg, &m);
-    CHECK(r == RPC_UNPACK_OK || r == RPC_UNPACK_MALFORMED);
-    CHECK((r == RPC_UNPACK_OK) == (m != NULL));
-    if (m) check_fixed_point(m);
-    ProtobufCMessage *t = NULL;
-    if (size > 0)
-        CHECK(rpc_codec_unpack(data, size, d, size - 1, g_again, &t) == RPC_UNPACK_TOO_LARGE);
-    arena *small = NULL;
-    CHECK(mid_is_ok(arena_new(1 + size / 2, &small)));
-    rpc_unpack_res rs = rpc_codec_unpack(data, size, d, MAX_MSG, small, &t);
-    CHECK((rs == RPC_UNPACK_OK) == (t != NULL));
-    if (r == RPC_UNPACK_OK) CHECK(rs == RPC_UNPACK_OK || rs == RPC_UNPACK_TOO_LARGE);
-    else CHECK(rs == RPC_UNPACK_MALFORMED || rs == RPC_UNPACK_TOO_LARGE);
-    CHECK((rs == RPC_UNPACK_TOO_LARGE) == arena_exhausted(small));
-    arena_free(small);
-    arena_reset(g_again);
-    return m;
-}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
