@@ -1,6 +1,8 @@
 /* ca_issue_batch: see ca/batch.h. The per-certificate work is ca/issue.c's
- * (ca/issue_int.h); this file only gathers the signed certificates into one
- * store_cert_insert_many and hands them out after it. */
+ * (ca/issue_int.h); this file only gathers the signed certificates into a
+ * few store requests (store_cert_insert_many_start, one per CA_BATCH_STEP
+ * certificates, queued while the next ones are signed) and hands them out
+ * once they are durable. */
 #include "ca/batch.h"
 
 #include <stdio.h>
@@ -12,6 +14,14 @@
 
 _Static_assert(CA_BATCH_MAX <= STORE_CERT_MANY_MAX, "a batch is one store request");
 
+/* Certificates per store request within one call: each step is queued as
+ * soon as it is signed, so the store writes it while this thread signs the
+ * next one, and only the last step's write is waited for with nothing left
+ * to do. Fewer, larger steps mean fewer transactions; smaller ones hide
+ * more of the write. */
+#define CA_BATCH_STEP 8
+#define CA_BATCH_STEPS ((CA_BATCH_MAX + CA_BATCH_STEP - 1) / CA_BATCH_STEP)
+
 /* Everything one call holds; released by batch_free. */
 typedef struct {
     ca_issue_prep *prep;   /* n, one per request */
@@ -20,6 +30,14 @@ typedef struct {
     mid_result *stored;    /* k: outcome of each store write */
     size_t *idx;           /* k: request index of certs[j] */
 } batch_state;
+
+/* One store request: certs[from .. from + n) of the batch. */
+typedef struct {
+    store_cert_batch *pending; /* NULL once waited for (or never queued) */
+    size_t from, n;
+    mid_result whole;          /* what the request as a whole returned */
+    char first[CA_BATCH_MSG_MAX]; /* its first failure's message */
+} batch_step;
 
 static void batch_free(batch_state *b, size_t n)
 {
@@ -53,6 +71,28 @@ static void refuse(ca *c, const ca_issue_req *req, mid_result r, size_t i, batch
     }
 }
 
+/* Queues certs[from .. k) as one store request (the writer starts on it at
+ * once); a request that cannot even be queued fails all of them. */
+static void step_start(ca *c, batch_state *b, size_t from, size_t k, batch_step *s)
+{
+    *s = (batch_step){.from = from, .n = k - from, .whole = MID_OK_RESULT};
+    mid_result r = store_cert_insert_many_start(c->st, b->certs + from, b->evs + from, s->n,
+                                                b->stored + from, &s->pending);
+    if (mid_is_ok(r)) return;
+    s->pending = NULL;
+    s->whole = r;
+    snprintf(s->first, sizeof s->first, "%s", mid_errmsg());
+    for (size_t j = from; j < k; j++) b->stored[j] = r;
+}
+
+static void step_wait(batch_step *s)
+{
+    if (s->pending == NULL) return;
+    s->whole = store_cert_batch_wait(s->pending);
+    s->pending = NULL;
+    if (!mid_is_ok(s->whole)) snprintf(s->first, sizeof s->first, "%s", mid_errmsg());
+}
+
 MID_RESULT ca_issue_batch_msgs(ca *c, const ca_issue_req *reqs, size_t n, ca_svid **out,
                                mid_result *results, ca_batch_msg *msgs)
 {
@@ -62,7 +102,8 @@ MID_RESULT ca_issue_batch_msgs(ca *c, const ca_issue_req *reqs, size_t n, ca_svi
                "%zu requests in one batch; between 1 and %d", n, CA_BATCH_MAX);
     batch_state b = {0};
     batch_out o = {.results = results, .msgs = msgs, .first = n};
-    size_t k = 0;
+    batch_step steps[CA_BATCH_STEPS];
+    size_t k = 0, queued = 0, nsteps = 0;
     for (size_t i = 0; i < n; i++) {
         out[i] = NULL;
         results[i] = MID_OK_RESULT;
@@ -82,29 +123,32 @@ MID_RESULT ca_issue_batch_msgs(ca *c, const ca_issue_req *reqs, size_t n, ca_svi
         goto report;
     }
 
-    /* Validate, verify and sign every request on this thread. */
+    /* Validate, verify and sign every request on this thread, handing each
+     * step of signed certificates to the store as soon as it is complete.
+     * b.prep[i] does not move, so the records queued point into it safely. */
     for (size_t i = 0; i < n; i++) {
         mid_result r = ca_issue_prepare(c, &reqs[i], &b.prep[i]);
         if (!mid_is_ok(r)) {
             ca_issue_prep_clear(&b.prep[i]);
             refuse(c, &reqs[i], r, i, &o);
-            continue;
+        } else {
+            b.certs[k] = b.prep[i].cert;
+            b.evs[k] = b.prep[i].ev;
+            b.idx[k++] = i;
         }
-        b.certs[k] = b.prep[i].cert;
-        b.evs[k] = b.prep[i].ev;
-        b.idx[k++] = i;
+        if (k > queued && (k - queued == CA_BATCH_STEP || i == n - 1)) {
+            step_start(c, &b, queued, k, &steps[nsteps++]);
+            queued = k;
+        }
     }
 
-    /* One durable write for all of them; each certificate leaves only once
-     * its row and its audit event are committed. */
-    if (k > 0) {
-        mid_result all = store_cert_insert_many(c->st, b.certs, b.evs, k, b.stored);
-        /* The store describes its first failure only; the others get the
-         * same text when they failed the same way (a failed commit), else
-         * their error's name. */
-        char first[CA_BATCH_MSG_MAX] = "";
-        if (!mid_is_ok(all)) snprintf(first, sizeof first, "%s", mid_errmsg());
-        for (size_t j = 0; j < k; j++) {
+    /* Each certificate leaves only once its row and its audit event are
+     * committed. The store describes a request's first failure only; the
+     * others of that request get the same text when they failed the same
+     * way (a failed commit), else their error's name. */
+    for (size_t s = 0; s < nsteps; s++) {
+        step_wait(&steps[s]);
+        for (size_t j = steps[s].from; j < steps[s].from + steps[s].n; j++) {
             size_t i = b.idx[j];
             if (mid_is_ok(b.stored[j])) {
                 out[i] = ca_issue_prep_take(&b.prep[i]);
@@ -112,8 +156,8 @@ MID_RESULT ca_issue_batch_msgs(ca *c, const ca_issue_req *reqs, size_t n, ca_svi
                 continue;
             }
             mid_err e = b.stored[j].err;
-            mid_result r = e == all.err
-                               ? mid_fail(e, __FILE__, __LINE__, "%s", first)
+            mid_result r = e == steps[s].whole.err
+                               ? mid_fail(e, __FILE__, __LINE__, "%s", steps[s].first)
                                : mid_fail(e, __FILE__, __LINE__,
                                           "the store did not record certificate %s (%s)",
                                           b.prep[i].serial, mid_errname(e));

@@ -277,9 +277,7 @@ static mid_result load_signer(ca *c, const store_authority *a, const char *data_
         MID_TRY(r, ca_x509_validity(sk_X509_value(verified, i), NULL, &na));
         if (na < c->sign_not_after) c->sign_not_after = na;
     }
-    c->issuer_name = X509_NAME_dup(X509_get_subject_name(c->cert));
-    MID_CHECK_MEM(r, c->issuer_name);
-    MID_TRY(r, ca_x509_key_id(c->cert, &c->issuer_key_id));
+    MID_TRY(r, ca_x509_issuer_init(&c->issuer, c->cert, c->key));
     MID_TRY(r, ca_x509_append_pem(c->cert, &c->chain_pem));
     for (int i = 0; i < sk_X509_num(c->chain); i++)
         MID_TRY(r, ca_x509_append_pem(sk_X509_value(c->chain, i), &c->chain_pem));
@@ -327,8 +325,7 @@ void ca_close(ca *c)
     X509_free(c->cert);
     sk_X509_pop_free(c->chain, X509_free);
     sk_X509_pop_free(c->anchors, X509_free);
-    X509_NAME_free(c->issuer_name);
-    ASN1_OCTET_STRING_free(c->issuer_key_id);
+    ca_x509_issuer_clear(&c->issuer);
     free(c->chain_pem);
     free(c->root_cross_pem);
     free(c);

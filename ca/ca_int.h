@@ -20,8 +20,8 @@ struct ca {
     X509 *cert;                               /* the signing certificate */
     STACK_OF(X509) *chain;                    /* above `cert`, up to (excluding) the root */
     STACK_OF(X509) *anchors;                  /* trust anchors when the handle was opened */
-    X509_NAME *issuer_name;                   /* private copy of cert's subject */
-    ASN1_OCTET_STRING *issuer_key_id;         /* cert's key id, for SVID AKIs */
+    ca_x509_issuer issuer;                    /* cert's name, key id and key, encoded
+                                                 once for every SVID */
     int64_t sign_not_before;                  /* cert's notBefore */
     int64_t sign_not_after;                   /* earliest notAfter of cert, chain and root */
     char *chain_pem;                          /* cert then chain, appended to every leaf */

@@ -175,3 +175,96 @@ int der_oid_nid(const der_tlv *t)
     ERR_clear_error();
     return nid;
 }
+
+/* ---- writing ------------------------------------------------------------------ */
+
+#define DER_W_RESERVED 4 /* tag's length field while open: 0x83 + three bytes */
+
+void der_w_init(der_writer *w, unsigned char *buf, size_t cap)
+{
+    w->buf = buf;
+    w->cap = buf != NULL ? cap : 0;
+    w->len = 0;
+    w->depth = 0;
+    w->failed = buf == NULL;
+}
+
+/* Bytes the length field of `n` takes (1 up to 127, then 0x8k + k bytes). */
+static size_t len_size(size_t n)
+{
+    return n < 0x80 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : 4;
+}
+
+static void put_len(unsigned char *p, size_t n, size_t size)
+{
+    if (size == 1) {
+        p[0] = (unsigned char)n;
+        return;
+    }
+    p[0] = (unsigned char)(0x80 | (size - 1));
+    for (size_t i = size - 1; i >= 1; i--) {
+        p[i] = (unsigned char)(n & 0xff);
+        n >>= 8;
+    }
+}
+
+static int w_room(der_writer *w, size_t n)
+{
+    if (w->failed || n > w->cap - w->len) {
+        w->failed = 1;
+        return 0;
+    }
+    return 1;
+}
+
+void der_w_raw(der_writer *w, const void *p, size_t n)
+{
+    if (n == 0 || !w_room(w, n)) return;
+    memcpy(w->buf + w->len, p, n);
+    w->len += n;
+}
+
+void der_w_prim(der_writer *w, uint8_t tag, const void *v, size_t n)
+{
+    if (n >= 0x1000000) {
+        w->failed = 1;
+        return;
+    }
+    size_t ls = len_size(n);
+    if (!w_room(w, 1 + ls) || !w_room(w, 1 + ls + n)) return;
+    w->buf[w->len] = tag;
+    put_len(w->buf + w->len + 1, n, ls);
+    w->len += 1 + ls;
+    der_w_raw(w, v, n);
+}
+
+void der_w_open(der_writer *w, uint8_t tag)
+{
+    if (w->depth >= DER_MAX_DEPTH) w->failed = 1;
+    if (!w_room(w, 1 + DER_W_RESERVED)) return;
+    w->buf[w->len] = tag;
+    w->len += 1 + DER_W_RESERVED;
+    w->open[w->depth++] = w->len;
+}
+
+void der_w_close(der_writer *w)
+{
+    if (w->failed) return;
+    if (w->depth == 0) {
+        w->failed = 1;
+        return;
+    }
+    size_t start = w->open[--w->depth];
+    size_t n = w->len - start;
+    if (n >= 0x1000000) {
+        w->failed = 1;
+        return;
+    }
+    size_t ls = len_size(n);
+    unsigned char *lenp = w->buf + start - DER_W_RESERVED;
+    if (ls < DER_W_RESERVED) memmove(lenp + ls, w->buf + start, n);
+    put_len(lenp, n, ls);
+    w->len -= DER_W_RESERVED - ls;
+}
+
+int der_w_finish(const der_writer *w) { return !w->failed && w->depth == 0; }

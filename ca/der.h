@@ -1,5 +1,6 @@
-/* A small length-checked DER reader for peer data (the CSR parser), in the
- * style of s2n's stuffer: a cursor over a borrowed byte range that only ever
+/* A small length-checked DER reader for peer data (the CSR parser), and a
+ * bounded DER writer for what the CA encodes itself (X.509-SVIDs, see
+ * der_writer below). The reader is in the style of s2n's stuffer: a cursor over a borrowed byte range that only ever
  * moves forward, and every read checks the bytes it needs are there first.
  *
  * Only DER is read: single-byte tags (no high tag numbers), definite lengths
@@ -105,5 +106,42 @@ int der_oid_nid(const der_tlv *t);
 int der_oid_is(const der_tlv *t, const unsigned char *oid, size_t oid_len);
 
 #define DER_OID_IS(t, arr) der_oid_is((t), (arr), sizeof(arr))
+
+/* ---- writing ----------------------------------------------------------------
+ *
+ * A writer over a caller's buffer of fixed capacity. Elements are written
+ * in order; a constructed one is opened with der_w_open (its length is not
+ * known yet: four bytes are reserved) and closed with der_w_close, which
+ * writes the length in its shortest form and moves the contents down over
+ * the unused reserved bytes. Nothing is ever written past `cap`: a write
+ * that does not fit, nesting beyond DER_MAX_DEPTH, a close without an open
+ * or a length of 2^24 or more marks the writer failed, and later calls do
+ * nothing. Check der_w_finish once at the end. */
+typedef struct {
+    unsigned char *buf;         /* borrowed, cap bytes */
+    size_t cap;
+    size_t len;                 /* bytes written */
+    size_t open[DER_MAX_DEPTH]; /* where the contents of each open element start */
+    int depth;
+    int failed;
+} der_writer;
+
+void der_w_init(der_writer *w, unsigned char *buf, size_t cap);
+
+/* Appends n bytes as they are (an already encoded element). */
+void der_w_raw(der_writer *w, const void *p, size_t n);
+
+/* Appends a primitive element: tag, length, the n contents octets at v. */
+void der_w_prim(der_writer *w, uint8_t tag, const void *v, size_t n);
+
+/* Opens a constructed element `tag`; its contents follow until der_w_close. */
+void der_w_open(der_writer *w, uint8_t tag);
+
+/* Closes the innermost open element. */
+void der_w_close(der_writer *w);
+
+/* 1 when nothing failed and every opened element was closed; the encoding
+ * is then buf[0..len). */
+int der_w_finish(const der_writer *w);
 
 #endif

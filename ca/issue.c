@@ -49,7 +49,8 @@ void ca_issue_prep_clear(ca_issue_prep *s)
     spiffe_id_free(s->id);
     ca_csr_free(s->csr);
     EVP_PKEY_free(s->generated);
-    X509_free(s->leaf);
+    OPENSSL_free(s->gen_spki);
+    free(s->leaf_der);
     free(s->leaf_pem);
     free(s->details);
     ca_svid_free(s->svid);
@@ -121,19 +122,22 @@ MID_RESULT ca_issue_prepare(ca *c, const ca_issue_req *req, ca_issue_prep *s)
     if (ttl > CA_SVID_TTL_MAX) ttl = CA_SVID_TTL_MAX;
     MID_TRY(r, check_dns(req));
 
-    /* A CSR's key goes into the certificate as its raw SubjectPublicKeyInfo
-     * (no EVP_PKEY encode/decode round trip) and is fingerprinted from the
-     * same bytes. */
+    /* The key goes into the certificate as its raw SubjectPublicKeyInfo
+     * (for a CSR: the bytes received, no EVP_PKEY encode/decode round trip)
+     * and is fingerprinted from the same bytes. */
     const ca_spki *spki = NULL;
     if (req->csr != NULL) {
         MID_TRY(r, ca_csr_intake(req->csr, req->csr_len, spiffe_id_str(s->id), &s->csr));
         spki = ca_csr_spki(s->csr);
-        MID_TRY(r, ca_key_fingerprint_spki(spki->der, spki->der_len, fp));
     } else {
         ca_key_type kt = req->key_type == 0 ? CA_KEY_EC_P256 : req->key_type;
         MID_TRY(r, ca_key_generate(kt, &s->generated));
-        MID_TRY(r, ca_key_fingerprint(s->generated, fp));
+        int n = i2d_PUBKEY(s->generated, &s->gen_spki);
+        MID_CHECK_OSSL(r, n > 0 ? 1 : 0, MID_E_CRYPTO, "cannot encode the public key");
+        MID_TRY(r, ca_key_from_spki(s->gen_spki, (size_t)n, &s->gen_info, NULL));
+        spki = &s->gen_info;
     }
+    MID_TRY(r, ca_key_fingerprint_spki(spki->der, spki->der_len, fp));
 
     /* Backdated for clock skew; never before the issuer's notBefore, never
      * after the earliest notAfter of the issuer's chain. */
@@ -145,12 +149,11 @@ MID_RESULT ca_issue_prepare(ca *c, const ca_issue_req *req, ca_issue_prep *s)
     MID_CHECK(r, na > now, MID_E_STATE, "signing authority %s has expired", c->authority_id);
 
     ca_x509_svid_params p = {
-        .pubkey = s->generated, .spki = spki, .spiffe_id = spiffe_id_str(s->id), .dns = req->dns, .n_dns = req->n_dns,
-        .not_before = nb, .not_after = na, .issuer_name = c->issuer_name,
-        .issuer_key_id = c->issuer_key_id, .issuer_key = c->key,
+        .spki = spki, .spiffe_id = spiffe_id_str(s->id), .dns = req->dns, .n_dns = req->n_dns,
+        .not_before = nb, .not_after = na, .issuer = &c->issuer,
     };
-    MID_TRY(r, ca_x509_build_svid(&p, &s->leaf, serial));
-    MID_TRY(r, ca_x509_append_pem(s->leaf, &s->leaf_pem));
+    MID_TRY(r, ca_x509_build_svid(&p, &s->leaf_der, &s->leaf_der_len, serial));
+    MID_TRY(r, ca_x509_der_append_pem(s->leaf_der, s->leaf_der_len, &s->leaf_pem));
     MID_TRY(r, build_details(c, req, na, ttl, fp, &s->details));
 
     s->svid = calloc(1, sizeof *s->svid);
@@ -170,7 +173,7 @@ MID_RESULT ca_issue_prepare(ca *c, const ca_issue_req *req, ca_issue_prep *s)
     s->cert = (store_cert){
         .serial = serial, .spiffe_id = spiffe_id_str(s->id), .key_fp = fp, .not_before = nb,
         .not_after = na, .authority_id = c->authority_id, .status = "valid", .issued_at = now,
-        .cert_pem = s->leaf_pem,
+        .cert_der = s->leaf_der, .cert_der_len = s->leaf_der_len,
     };
     s->ev = (store_audit_event){
         .actor = req->actor != NULL ? req->actor : "system", .event = "svid.issue",
@@ -225,6 +228,7 @@ mid_result ca_issue_refused(ca *c, const ca_issue_req *req, mid_result r)
     audit_refusal(c, req, err, msg);
     return mid_fail(err, file, line, "%s", msg);
 }
+
 
 MID_RESULT ca_issue(ca *c, const ca_issue_req *req, ca_svid **out)
 {

@@ -26,7 +26,10 @@ typedef struct {
     spiffe_id *id;
     ca_csr *csr;
     EVP_PKEY *generated;
-    X509 *leaf;
+    unsigned char *gen_spki;  /* generated key's SubjectPublicKeyInfo (OpenSSL-allocated) */
+    ca_spki gen_info;         /* ... as ca_key_from_spki reads it */
+    unsigned char *leaf_der;  /* the signed SVID */
+    size_t leaf_der_len;
     char *leaf_pem;
     char *details;
     ca_svid *svid;

@@ -5,6 +5,7 @@
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 #include <time.h>
 
 #include "ca/codec.h"
+#include "ca/der.h"
 
 #define CN_MAX 64 /* ub-common-name, RFC 5280 */
 
@@ -186,21 +188,6 @@ out:
     return r;
 }
 
-static mid_result add_eku_server_client(X509 *x)
-{
-    mid_result r = MID_OK_RESULT;
-    EXTENDED_KEY_USAGE *eku = sk_ASN1_OBJECT_new_null();
-    MID_CHECK_MEM(r, eku);
-    MID_CHECK(r, sk_ASN1_OBJECT_push(eku, OBJ_nid2obj(NID_server_auth)) > 0, MID_E_NOMEM,
-              "out of memory");
-    MID_CHECK(r, sk_ASN1_OBJECT_push(eku, OBJ_nid2obj(NID_client_auth)) > 0, MID_E_NOMEM,
-              "out of memory");
-    MID_TRY(r, add_ext(x, NID_ext_key_usage, eku, 0, "extendedKeyUsage"));
-out:
-    sk_ASN1_OBJECT_pop_free(eku, ASN1_OBJECT_free); /* static objects: free is a no-op */
-    return r;
-}
-
 static mid_result add_ski(X509 *x)
 {
     ASN1_OCTET_STRING *kid = NULL;
@@ -344,69 +331,262 @@ MID_RESULT ca_x509_build_intermediate(const ca_x509_authority_params *p, X509 **
     return build_authority(p, AUTH_INTERMEDIATE, out);
 }
 
-/* The certificate's subjectPublicKeyInfo from a parsed SPKI: the same
- * algorithm, parameters (curve OID, or NULL for RSA) and key bits, without
- * building or encoding an EVP_PKEY. The certificate then has no cached
- * EVP_PKEY; X509_get0_pubkey decodes one on demand (never needed here). */
-static mid_result set_spki(X509 *x, const ca_spki *k)
+/* ---- X.509-SVIDs, encoded directly ------------------------------------------------
+ *
+ * An SVID is a fixed template (docs/ca.md, "X.509-SVID profile") with a few
+ * variable fields, so it is written as DER with ca/der.h's writer and signed
+ * over the TBSCertificate bytes: no X509 object is built, encoded and freed
+ * for every certificate. The bytes are those OpenSSL wrote when it built
+ * the same certificate field by field (tests/unit/ca/test_x509_der.c
+ * compares them). */
+
+/* Name: O=meshid (UTF8String, OpenSSL's default for MBSTRING_ASC). */
+static const unsigned char SUBJECT_O_MESHID[] = {0x30, 0x11, 0x31, 0x0f, 0x30, 0x0d, 0x06, 0x03,
+                                                 0x55, 0x04, 0x0a, 0x0c, 0x06, 'm',  'e',  's',
+                                                 'h',  'i',  'd'};
+static const unsigned char VERSION_V3[] = {0xa0, 0x03, 0x02, 0x01, 0x02};
+/* basicConstraints, critical, CA:FALSE (the DEFAULT, so an empty SEQUENCE). */
+static const unsigned char EXT_BC_LEAF[] = {0x30, 0x0c, 0x06, 0x03, 0x55, 0x1d, 0x13, 0x01,
+                                            0x01, 0xff, 0x04, 0x02, 0x30, 0x00};
+/* keyUsage, critical: digitalSignature; digitalSignature + keyEncipherment. */
+static const unsigned char EXT_KU_EC[] = {0x30, 0x0e, 0x06, 0x03, 0x55, 0x1d, 0x0f, 0x01,
+                                          0x01, 0xff, 0x04, 0x04, 0x03, 0x02, 0x07, 0x80};
+static const unsigned char EXT_KU_RSA[] = {0x30, 0x0e, 0x06, 0x03, 0x55, 0x1d, 0x0f, 0x01,
+                                           0x01, 0xff, 0x04, 0x04, 0x03, 0x02, 0x05, 0xa0};
+/* extendedKeyUsage: serverAuth, clientAuth. */
+static const unsigned char EXT_EKU[] = {0x30, 0x1d, 0x06, 0x03, 0x55, 0x1d, 0x25, 0x04,
+                                        0x16, 0x30, 0x14, 0x06, 0x08, 0x2b, 0x06, 0x01,
+                                        0x05, 0x05, 0x07, 0x03, 0x01, 0x06, 0x08, 0x2b,
+                                        0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02};
+static const unsigned char OID_SKI[] = {0x06, 0x03, 0x55, 0x1d, 0x0e};
+static const unsigned char OID_AKI[] = {0x06, 0x03, 0x55, 0x1d, 0x23};
+static const unsigned char OID_SAN[] = {0x06, 0x03, 0x55, 0x1d, 0x11};
+/* AlgorithmIdentifiers: ecdsa-with-SHA256 (no parameters, RFC 5758) and
+ * sha256WithRSAEncryption (NULL parameters, RFC 4055). */
+static const unsigned char ALG_ECDSA_SHA256[] = {0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48,
+                                                 0xce, 0x3d, 0x04, 0x03, 0x02};
+static const unsigned char ALG_RSA_SHA256[] = {0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86,
+                                               0xf7, 0x0d, 0x01, 0x01, 0x0b, 0x05, 0x00};
+
+enum { TAG_UTCTIME = 0x17, TAG_GENTIME = 0x18, TAG_CTX3 = 0xa3, TAG_GN_DNS = 0x82,
+       TAG_GN_URI = 0x86, TAG_KEYID = 0x80 };
+
+void ca_x509_issuer_clear(ca_x509_issuer *is)
 {
-    MID_ENSURE(k->key_nid == NID_X9_62_id_ecPublicKey || k->key_nid == NID_rsaEncryption,
-               MID_E_INTERNAL, "unexpected key type");
-    MID_ENSURE(k->pub_len > 0 && k->pub_len <= INT_MAX, MID_E_INTERNAL, "bad public key length");
-    int ec = k->key_nid == NID_X9_62_id_ecPublicKey;
-    ASN1_OBJECT *alg = OBJ_nid2obj(k->key_nid);       /* static objects: no free needed */
-    ASN1_OBJECT *curve = ec ? OBJ_nid2obj(k->curve_nid) : NULL;
-    MID_ENSURE(alg != NULL && (!ec || curve != NULL), MID_E_INTERNAL, "unknown key OID");
-    unsigned char *bits = OPENSSL_memdup(k->pub, k->pub_len);
-    MID_ENSURE(bits != NULL, MID_E_NOMEM, "out of memory");
-    if (X509_PUBKEY_set0_param(X509_get_X509_PUBKEY(x), alg, ec ? V_ASN1_OBJECT : V_ASN1_NULL,
-                               curve, bits, (int)k->pub_len) != 1) {
-        OPENSSL_free(bits);
-        return mid_fail_ossl(MID_E_CRYPTO, __FILE__, __LINE__, "cannot set the public key");
+    if (is == NULL) return;
+    OPENSSL_free(is->name_der);
+    free(is->aki_der);
+    EVP_MD_free(is->sha256);
+    memset(is, 0, sizeof *is);
+}
+
+MID_RESULT ca_x509_issuer_init(ca_x509_issuer *is, X509 *cert, EVP_PKEY *key)
+{
+    mid_result r = MID_OK_RESULT;
+    ASN1_OCTET_STRING *kid = NULL;
+    memset(is, 0, sizeof *is);
+    switch (EVP_PKEY_get_base_id(key)) {
+    case EVP_PKEY_EC:
+        is->sig_alg = ALG_ECDSA_SHA256;
+        is->sig_alg_len = sizeof ALG_ECDSA_SHA256;
+        break;
+    case EVP_PKEY_RSA:
+        is->sig_alg = ALG_RSA_SHA256;
+        is->sig_alg_len = sizeof ALG_RSA_SHA256;
+        break;
+    default:
+        MID_CHECK(r, 0, MID_E_INVALID,
+                  "the signing key must be EC or RSA to issue X.509-SVIDs (it is %s)",
+                  EVP_PKEY_get0_type_name(key) != NULL ? EVP_PKEY_get0_type_name(key) : "?");
     }
+    int n = i2d_X509_NAME(X509_get_subject_name(cert), &is->name_der);
+    MID_CHECK_OSSL(r, n > 0 ? 1 : 0, MID_E_CRYPTO, "cannot encode the issuer name");
+    is->name_len = (size_t)n;
+
+    /* authorityKeyIdentifier: SEQUENCE { [0] keyIdentifier } of the
+     * issuer's key id. */
+    MID_TRY(r, ca_x509_key_id(cert, &kid));
+    size_t klen = (size_t)ASN1_STRING_length(kid);
+    is->aki_der = malloc(klen + 32);
+    MID_CHECK_MEM(r, is->aki_der);
+    der_writer w;
+    der_w_init(&w, is->aki_der, klen + 32);
+    der_w_open(&w, DER_SEQUENCE);
+    der_w_raw(&w, OID_AKI, sizeof OID_AKI);
+    der_w_open(&w, DER_OCTET_STRING);
+    der_w_open(&w, DER_SEQUENCE);
+    der_w_prim(&w, TAG_KEYID, ASN1_STRING_get0_data(kid), klen);
+    der_w_close(&w);
+    der_w_close(&w);
+    der_w_close(&w);
+    MID_CHECK(r, der_w_finish(&w), MID_E_INTERNAL, "cannot encode the authority key id");
+    is->aki_len = w.len;
+
+    /* Fetched once: EVP_DigestSignInit with a fetched digest skips the
+     * by-name lookup EVP_sha256() costs on every call. */
+    is->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+    MID_CHECK_OSSL(r, is->sha256 != NULL ? 1 : 0, MID_E_CRYPTO, "SHA-256 is not available");
+    is->key = key;
+out:
+    ASN1_OCTET_STRING_free(kid);
+    if (!mid_is_ok(r)) ca_x509_issuer_clear(is);
+    return r;
+}
+
+/* UTCTime for 1950..2049, GeneralizedTime otherwise, as ASN1_TIME_set
+ * chooses (RFC 5280 4.1.2.5). */
+static mid_result put_time(der_writer *w, int64_t t)
+{
+    struct tm tm;
+    time_t tt = (time_t)t;
+    MID_ENSURE((int64_t)tt == t && gmtime_r(&tt, &tm) != NULL, MID_E_INVALID,
+               "time %lld cannot be encoded", (long long)t);
+    long year = (long)tm.tm_year + 1900;
+    MID_ENSURE(year >= 0 && year <= 9999, MID_E_INVALID, "time %lld cannot be encoded",
+               (long long)t);
+    char s[20];
+    int n;
+    if (year >= 1950 && year < 2050)
+        n = snprintf(s, sizeof s, "%02ld%02d%02d%02d%02d%02dZ", year % 100, tm.tm_mon + 1,
+                     tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    else
+        n = snprintf(s, sizeof s, "%04ld%02d%02d%02d%02d%02dZ", year, tm.tm_mon + 1, tm.tm_mday,
+                     tm.tm_hour, tm.tm_min, tm.tm_sec);
+    MID_ENSURE(n == 13 || n == 15, MID_E_INTERNAL, "time encoding");
+    der_w_prim(w, n == 13 ? TAG_UTCTIME : TAG_GENTIME, s, (size_t)n);
     return mid_ok();
 }
 
-MID_RESULT ca_x509_build_svid(const ca_x509_svid_params *p, X509 **out,
+/* subjectKeyIdentifier: RFC 5280 4.2.1.2 method 1, as key_id_of_pubkey. */
+static mid_result put_ski(der_writer *w, const ca_spki *k, const EVP_MD *sha1)
+{
+    unsigned char md[20];
+    unsigned int mdlen = 0;
+    MID_GUARD_OSSL(EVP_Digest(k->pub, k->pub_len, md, &mdlen, sha1, NULL), MID_E_CRYPTO,
+                   "SHA-1 failed");
+    der_w_open(w, DER_SEQUENCE);
+    der_w_raw(w, OID_SKI, sizeof OID_SKI);
+    der_w_open(w, DER_OCTET_STRING);
+    der_w_prim(w, DER_OCTET_STRING, md, mdlen);
+    der_w_close(w);
+    der_w_close(w);
+    return mid_ok();
+}
+
+static void put_san(der_writer *w, const char *uri, const char *const *dns, size_t n_dns)
+{
+    der_w_open(w, DER_SEQUENCE);
+    der_w_raw(w, OID_SAN, sizeof OID_SAN);
+    der_w_open(w, DER_OCTET_STRING);
+    der_w_open(w, DER_SEQUENCE);
+    der_w_prim(w, TAG_GN_URI, uri, strlen(uri));
+    for (size_t i = 0; i < n_dns; i++) der_w_prim(w, TAG_GN_DNS, dns[i], strlen(dns[i]));
+    der_w_close(w);
+    der_w_close(w);
+    der_w_close(w);
+}
+
+/* SHA-1 for key identifiers, fetched once per process (immutable after
+ * pthread_once, like the curve templates of ca/keys.c). */
+static EVP_MD *sha1_md;
+static pthread_once_t sha1_once = PTHREAD_ONCE_INIT;
+static void sha1_init(void) { sha1_md = EVP_MD_fetch(NULL, "SHA1", NULL); }
+
+static mid_result sign_tbs(const ca_x509_issuer *is, const unsigned char *tbs, size_t tbs_len,
+                           unsigned char *sig, size_t *sig_len)
+{
+    mid_result r = MID_OK_RESULT;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    MID_CHECK_MEM(r, md);
+    MID_CHECK_OSSL(r, EVP_DigestSignInit(md, NULL, is->sha256, NULL, is->key), MID_E_CRYPTO,
+                   "cannot start signing");
+    MID_CHECK_OSSL(r, EVP_DigestSign(md, sig, sig_len, tbs, tbs_len), MID_E_CRYPTO,
+                   "signing the certificate failed");
+out:
+    EVP_MD_CTX_free(md);
+    return r;
+}
+
+MID_RESULT ca_x509_build_svid(const ca_x509_svid_params *p, unsigned char **der, size_t *der_len,
                               char serial_hex[CA_SERIAL_HEX_LEN + 1])
 {
     mid_result r = MID_OK_RESULT;
-    X509 *x = NULL;
-    MID_CHECK(r, (p->pubkey != NULL) != (p->spki != NULL) && p->spiffe_id != NULL &&
-                     p->issuer_name != NULL && p->issuer_key_id != NULL && p->issuer_key != NULL,
+    unsigned char *buf = NULL;
+    const ca_x509_issuer *is = p->issuer;
+    MID_CHECK(r, p->spki != NULL && p->spiffe_id != NULL && is != NULL && is->key != NULL &&
+                     (p->n_dns == 0 || p->dns != NULL),
               MID_E_INTERNAL, "missing parameters");
-    MID_TRY(r, new_cert(&x, serial_hex));
-    /* Subject O=meshid written into the certificate's own (empty) name, as
-     * make_name would build it, without building and copying a second one. */
-    MID_CHECK_OSSL(r, X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "O", MBSTRING_ASC,
-                                                 (const unsigned char *)"meshid", -1, -1, 0),
-                   MID_E_CRYPTO, "cannot set subject");
-    MID_CHECK_OSSL(r, X509_set_issuer_name(x, p->issuer_name), MID_E_CRYPTO,
-                   "cannot set issuer");
-    MID_TRY(r, set_validity(x, p->not_before, p->not_after));
-    if (p->spki != NULL)
-        MID_TRY(r, set_spki(x, p->spki));
+    MID_CHECK(r, p->not_before < p->not_after, MID_E_INVALID, "empty validity period");
+    pthread_once(&sha1_once, sha1_init);
+    MID_CHECK_OSSL(r, sha1_md != NULL ? 1 : 0, MID_E_CRYPTO, "SHA-1 is not available");
+
+    unsigned char serial[CA_SERIAL_LEN];
+    do {
+        MID_CHECK_OSSL(r, RAND_bytes(serial, sizeof serial), MID_E_CRYPTO, "RAND_bytes failed");
+        serial[0] &= 0x7f;
+    } while (serial[0] == 0);
+
+    /* Room for everything: the fixed parts, the variable ones, the largest
+     * signature and the headers around them. */
+    int sig_max = EVP_PKEY_get_size(is->key);
+    MID_CHECK(r, sig_max > 0, MID_E_CRYPTO, "unusable signing key");
+    size_t cap = 512 + is->name_len + is->aki_len + p->spki->der_len + strlen(p->spiffe_id) +
+                 (size_t)sig_max;
+    for (size_t i = 0; i < p->n_dns; i++) cap += strlen(p->dns[i]) + 4;
+    buf = malloc(cap);
+    MID_CHECK_MEM(r, buf);
+
+    der_writer w;
+    der_w_init(&w, buf, cap);
+    der_w_open(&w, DER_SEQUENCE); /* Certificate */
+    size_t tbs_at = w.len;
+    der_w_open(&w, DER_SEQUENCE); /* TBSCertificate */
+    der_w_raw(&w, VERSION_V3, sizeof VERSION_V3);
+    der_w_prim(&w, DER_INTEGER, serial, sizeof serial);
+    der_w_raw(&w, is->sig_alg, is->sig_alg_len);
+    der_w_raw(&w, is->name_der, is->name_len);
+    der_w_open(&w, DER_SEQUENCE); /* Validity */
+    MID_TRY(r, put_time(&w, p->not_before));
+    MID_TRY(r, put_time(&w, p->not_after));
+    der_w_close(&w);
+    der_w_raw(&w, SUBJECT_O_MESHID, sizeof SUBJECT_O_MESHID);
+    der_w_raw(&w, p->spki->der, p->spki->der_len);
+    der_w_open(&w, TAG_CTX3);
+    der_w_open(&w, DER_SEQUENCE); /* Extensions, in the order of docs/ca.md */
+    der_w_raw(&w, EXT_BC_LEAF, sizeof EXT_BC_LEAF);
+    if (p->spki->key_nid == NID_rsaEncryption)
+        der_w_raw(&w, EXT_KU_RSA, sizeof EXT_KU_RSA);
     else
-        MID_CHECK_OSSL(r, X509_set_pubkey(x, p->pubkey), MID_E_CRYPTO,
-                       "cannot set the public key");
-    MID_TRY(r, add_basic_constraints(x, 0, -1));
-    static const int ec_bits[] = {KU_BIT_DIGITAL_SIGNATURE};
-    static const int rsa_bits[] = {KU_BIT_DIGITAL_SIGNATURE, KU_BIT_KEY_ENCIPHERMENT};
-    int is_rsa = p->spki != NULL ? p->spki->key_nid == NID_rsaEncryption
-                                 : EVP_PKEY_get_base_id(p->pubkey) == EVP_PKEY_RSA;
-    if (is_rsa)
-        MID_TRY(r, add_key_usage(x, rsa_bits, 2));
-    else
-        MID_TRY(r, add_key_usage(x, ec_bits, 1));
-    MID_TRY(r, add_eku_server_client(x));
-    MID_TRY(r, add_ski(x));
-    MID_TRY(r, add_aki(x, p->issuer_key_id));
-    MID_TRY(r, add_san(x, p->spiffe_id, p->dns, p->n_dns));
-    MID_TRY(r, sign_sha256(x, p->issuer_key));
-    *out = x;
-    x = NULL;
+        der_w_raw(&w, EXT_KU_EC, sizeof EXT_KU_EC);
+    der_w_raw(&w, EXT_EKU, sizeof EXT_EKU);
+    MID_TRY(r, put_ski(&w, p->spki, sha1_md));
+    der_w_raw(&w, is->aki_der, is->aki_len);
+    put_san(&w, p->spiffe_id, p->dns, p->n_dns);
+    der_w_close(&w);
+    der_w_close(&w);
+    der_w_close(&w); /* TBSCertificate */
+    MID_CHECK(r, !w.failed, MID_E_INTERNAL, "certificate larger than expected");
+
+    /* The signature goes at the end of the buffer, out of the writer's way. */
+    size_t tbs_len = w.len - tbs_at;
+    size_t sig_len = (size_t)sig_max;
+    MID_CHECK(r, cap - w.len > (size_t)sig_max + 64, MID_E_INTERNAL, "no room for the signature");
+    unsigned char *sig = buf + cap - (size_t)sig_max;
+    MID_TRY(r, sign_tbs(is, buf + tbs_at, tbs_len, sig, &sig_len));
+    der_w_raw(&w, is->sig_alg, is->sig_alg_len);
+    der_w_open(&w, DER_BIT_STRING);
+    der_w_raw(&w, "", 1); /* no unused bits */
+    der_w_raw(&w, sig, sig_len);
+    der_w_close(&w);
+    der_w_close(&w); /* Certificate */
+    MID_CHECK(r, der_w_finish(&w), MID_E_INTERNAL, "certificate larger than expected");
+
+    ca_hex_encode(serial, sizeof serial, serial_hex);
+    *der = buf;
+    *der_len = w.len;
+    buf = NULL;
 out:
-    X509_free(x);
+    free(buf);
     return r;
 }
 
@@ -446,36 +626,41 @@ MID_RESULT ca_x509_check_dns_name(const char *name)
     return mid_ok();
 }
 
-/* PEM by hand: i2d_X509 and base64 in 64-character lines, byte for byte
- * what PEM_write_bio_X509 writes, without a BIO and its buffer copies. */
-MID_RESULT ca_x509_append_pem(X509 *x, char **pem)
+/* PEM by hand: base64 in 64-character lines, byte for byte what
+ * PEM_write_bio_X509 writes, without a BIO and its buffer copies. */
+MID_RESULT ca_x509_der_append_pem(const unsigned char *der, size_t n, char **pem)
 {
     static const char begin[] = "-----BEGIN CERTIFICATE-----\n";
     static const char end[] = "-----END CERTIFICATE-----\n";
-    unsigned char *der = NULL;
-    int n = i2d_X509(x, &der);
-    if (n <= 0) return mid_fail_ossl(MID_E_CRYPTO, __FILE__, __LINE__, "cannot encode certificate");
-    size_t lines = ((size_t)n + 47) / 48;
-    size_t body = ((size_t)n + 2) / 3 * 4 + lines; /* base64 plus one newline a line */
+    MID_ENSURE(der != NULL && n > 0 && n <= CA_CERT_FILE_MAX, MID_E_INVALID,
+               "no certificate to encode");
+    size_t lines = (n + 47) / 48;
+    size_t body = (n + 2) / 3 * 4 + lines; /* base64 plus one newline a line */
     size_t add = sizeof begin - 1 + body + sizeof end - 1;
     size_t old = *pem != NULL ? strlen(*pem) : 0;
     char *s = realloc(*pem, old + add + 1);
-    if (s == NULL) {
-        OPENSSL_free(der);
-        MID_BAIL(MID_E_NOMEM, "out of memory");
-    }
+    MID_ENSURE(s != NULL, MID_E_NOMEM, "out of memory");
     *pem = s;
     char *o = s + old;
     memcpy(o, begin, sizeof begin - 1);
     o += sizeof begin - 1;
-    for (size_t at = 0; at < (size_t)n; at += 48) {
-        size_t chunk = (size_t)n - at < 48 ? (size_t)n - at : 48;
+    for (size_t at = 0; at < n; at += 48) {
+        size_t chunk = n - at < 48 ? n - at : 48;
         o += EVP_EncodeBlock((unsigned char *)o, der + at, (int)chunk);
         *o++ = '\n';
     }
     memcpy(o, end, sizeof end);
-    OPENSSL_free(der);
     return mid_ok();
+}
+
+MID_RESULT ca_x509_append_pem(X509 *x, char **pem)
+{
+    unsigned char *der = NULL;
+    int n = i2d_X509(x, &der);
+    if (n <= 0) return mid_fail_ossl(MID_E_CRYPTO, __FILE__, __LINE__, "cannot encode certificate");
+    mid_result r = ca_x509_der_append_pem(der, (size_t)n, pem);
+    OPENSSL_free(der);
+    return r;
 }
 
 MID_RESULT ca_x509_stack_from_pem(const char *pem, size_t len, const char *what,

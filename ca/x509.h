@@ -54,28 +54,47 @@ MID_RESULT ca_x509_build_intermediate(const ca_x509_authority_params *p, X509 **
  * root trusted. */
 MID_RESULT ca_x509_build_cross(const ca_x509_authority_params *p, X509 **out);
 
+/* What every SVID of one signing authority shares, encoded once by
+ * ca_x509_issuer_init (ca_open): the issuer Name, the authorityKeyIdentifier
+ * extension and the signature AlgorithmIdentifier of its key. Read-only
+ * afterwards, so any number of threads may build SVIDs from one. */
+typedef struct {
+    unsigned char *name_der;       /* the issuer's subject, DER */
+    size_t name_len;
+    unsigned char *aki_der;        /* a whole Extension: AKI keyIdentifier = the issuer's key id */
+    size_t aki_len;
+    const unsigned char *sig_alg;  /* static: ecdsa-with-SHA256 or sha256WithRSAEncryption */
+    size_t sig_alg_len;
+    EVP_MD *sha256;                /* fetched once */
+    EVP_PKEY *key;                 /* borrowed: the issuer's private key */
+} ca_x509_issuer;
+
+/* Fills `is` from the signing certificate and its key (borrowed: it must
+ * outlive `is`). MID_E_INVALID for a key that is neither EC nor RSA. On
+ * failure `is` holds nothing. */
+MID_RESULT ca_x509_issuer_init(ca_x509_issuer *is, X509 *cert, EVP_PKEY *key);
+void ca_x509_issuer_clear(ca_x509_issuer *is);
+
 /* Parameters of an X.509-SVID leaf. */
 typedef struct {
-    /* The workload's key: exactly one of these two. `spki` (from a CSR) is
-     * copied into the certificate as it is, with X509_PUBKEY_set0_param;
-     * `pubkey` (a key generated here; only its public half is used) goes
-     * through X509_set_pubkey, which in OpenSSL 3.0 encodes and decodes it
-     * again (~150 us). */
-    EVP_PKEY *pubkey;
+    /* The workload's SubjectPublicKeyInfo, as ca_key_from_spki read it: its
+     * DER goes into the certificate as it is (for a CSR: the bytes
+     * received), its key bits give the SKI, its algorithm the keyUsage. */
     const ca_spki *spki;
     const char *spiffe_id;        /* validated workload ID */
     const char *const *dns;       /* validated DNS names, may be NULL */
     size_t n_dns;
     int64_t not_before;
     int64_t not_after;
-    const X509_NAME *issuer_name;
-    const ASN1_OCTET_STRING *issuer_key_id; /* becomes the AKI keyIdentifier */
-    EVP_PKEY *issuer_key;         /* signs, SHA-256 */
+    const ca_x509_issuer *issuer; /* signs, SHA-256 */
 } ca_x509_svid_params;
 
-/* Builds and signs one SVID (profile in docs/ca.md). *out is owned by the
- * caller; `serial_hex` receives its serial. MID_E_CRYPTO on OpenSSL failure. */
-MID_RESULT ca_x509_build_svid(const ca_x509_svid_params *p, X509 **out,
+/* Builds and signs one SVID (profile in docs/ca.md) as DER, written
+ * directly (no X509 object): *der (malloc, the caller frees) holds *der_len
+ * bytes; `serial_hex` receives its serial. MID_E_INVALID for an empty
+ * validity period or a time that cannot be encoded, MID_E_CRYPTO on OpenSSL
+ * failure. */
+MID_RESULT ca_x509_build_svid(const ca_x509_svid_params *p, unsigned char **der, size_t *der_len,
                               char serial_hex[CA_SERIAL_HEX_LEN + 1]);
 
 /* Checks one DNS SAN: 1..253 characters, dot-separated labels of 1..63
@@ -101,6 +120,11 @@ MID_RESULT ca_x509_validity(const X509 *x, int64_t *not_before, int64_t *not_aft
 /* PEM of one certificate appended to a new or growing string: `*pem` is
  * NULL or a malloc()ed NUL-terminated string, replaced by a longer one. */
 MID_RESULT ca_x509_append_pem(X509 *x, char **pem);
+
+/* ca_x509_append_pem for a certificate given as DER (1..CA_CERT_FILE_MAX
+ * bytes, not checked to be one: MID_E_INVALID only for an empty or
+ * oversized buffer). */
+MID_RESULT ca_x509_der_append_pem(const unsigned char *der, size_t len, char **pem);
 
 /* All certificates in a PEM text, in order (at least one; anything that is
  * not a CERTIFICATE block, or a block that does not parse, is MID_E_INVALID

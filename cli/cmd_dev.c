@@ -19,7 +19,7 @@
 #include "sds/agent.h"
 #include "sds/server.h"
 
-#define DEV_USAGE "meshid dev [--trust-domain TD] [--listen HOST:PORT] [--svid-ttl D]"
+#define DEV_USAGE "meshid dev [--trust-domain TD] [--listen HOST:PORT] [--svid-ttl D] [--xds-listen HOST:PORT|off]"
 #define DEV_TD_DEFAULT "dev.meshid.test"
 #define DEV_AGENT_PATH "/meshid/agent/dev"
 #define DEV_TOKEN_TTL 600
@@ -89,9 +89,12 @@ int cmd_dev(cli_ctx *ctx, int argc, char **argv)
     static const struct option opts[] = {{"trust-domain", required_argument, NULL, 't'},
                                          {"listen", required_argument, NULL, 'l'},
                                          {"svid-ttl", required_argument, NULL, 's'},
+                                         {"xds-listen", required_argument, NULL, 'x'},
                                          {NULL, 0, NULL, 0}};
     char td[SPIFFE_TD_MAX + 1] = DEV_TD_DEFAULT;
     server_opts so = {.data_dir = ctx->data_dir};
+    /* the mesh control plane rides on the server */
+    cli_mesh_plane mp = {0};
     mid_result r;
     optind = 0;
     opterr = 0;
@@ -104,10 +107,14 @@ int cmd_dev(cli_ctx *ctx, int argc, char **argv)
         case 's':
             if (!mid_is_ok(r = time_parse_duration(optarg, &so.agent_svid_ttl))) return cli_fail(r);
             break;
+        case 'x': mp.xds_listen = optarg; break;
         default: return cli_usage(DEV_USAGE, "bad option '%s'", argv[optind - 1]);
         }
     }
     if (optind != argc) return cli_usage(DEV_USAGE, "unexpected argument '%s'", argv[optind]);
+    server_ext ext[SERVER_EXT_MAX];
+    so.ext = ext;
+    so.n_ext = cli_mesh_plane_exts(&mp, ext, SERVER_EXT_MAX);
 
     store *st = NULL;
     rpc_loop *loop = NULL;

@@ -1,5 +1,6 @@
 /* meshid server [--listen HOST:PORT] [--svid-ttl D] [--admin-socket PATH]
- *               [--auto-rotate] [--auto-rotate-root] [--retire-grace D] */
+ *               [--auto-rotate] [--auto-rotate-root] [--retire-grace D]
+ *               [--xds-listen HOST:PORT|off] [--watch-dir DIR] */
 #include <getopt.h>
 #include <stdio.h>
 #include <string.h>
@@ -10,7 +11,7 @@
 
 #define SERVER_USAGE                                                                          \
     "meshid server [--listen HOST:PORT] [--svid-ttl D] [--admin-socket PATH] [--auto-rotate] " \
-    "[--auto-rotate-root] [--retire-grace D]"
+    "[--auto-rotate-root] [--retire-grace D] [--xds-listen HOST:PORT|off] [--watch-dir DIR]"
 
 int cmd_server(cli_ctx *ctx, int argc, char **argv)
 {
@@ -20,8 +21,12 @@ int cmd_server(cli_ctx *ctx, int argc, char **argv)
                                          {"auto-rotate", no_argument, NULL, 'r'},
                                          {"auto-rotate-root", no_argument, NULL, 'R'},
                                          {"retire-grace", required_argument, NULL, 'g'},
+                                         {"xds-listen", required_argument, NULL, 'x'},
+                                         {"watch-dir", required_argument, NULL, 'w'},
                                          {NULL, 0, NULL, 0}};
     server_opts o = {.data_dir = ctx->data_dir};
+    /* the mesh control plane rides on the server */
+    cli_mesh_plane mp = {0};
     mid_result r;
     optind = 0;
     opterr = 0;
@@ -39,10 +44,15 @@ int cmd_server(cli_ctx *ctx, int argc, char **argv)
         case 'g':
             if (!mid_is_ok(r = time_parse_duration(optarg, &o.retire_grace))) return cli_fail(r);
             break;
+        case 'x': mp.xds_listen = optarg; break;
+        case 'w': mp.watch_dir = optarg; break;
         default: return cli_usage(SERVER_USAGE, "bad option '%s'", argv[optind - 1]);
         }
     }
     if (optind != argc) return cli_usage(SERVER_USAGE, "unexpected argument '%s'", argv[optind]);
+    server_ext ext[SERVER_EXT_MAX];
+    o.ext = ext;
+    o.n_ext = cli_mesh_plane_exts(&mp, ext, SERVER_EXT_MAX);
     r = server_run(&o);
     return mid_is_ok(r) ? CLI_EXIT_OK : cli_fail(r);
 }

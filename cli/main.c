@@ -36,6 +36,16 @@ static const char *usage_text =
     "  entry create --spiffe-id ID --parent-id ID --selector T:V [--selector ...] [--ttl D] [--dns N]...\n"
     "  entry list [--parent-id ID] | entry show ID | entry delete ID\n"
     "  agent list | agent evict SPIFFE_ID\n"
+    "  apply -f FILE_OR_DIR [--dry-run]     ServiceEntry and AuthorizationPolicy YAML, all or nothing\n"
+    "  service apply -f FILE [--dry-run] | service list | service show NAME | service delete NAME\n"
+    "  endpoint add --service S --address IP [--port NAME=N]... [--label K=V]...\n"
+    "               [--spiffe-id ID | --service-account SA] [--health HEALTHY|UNHEALTHY|DRAINING]\n"
+    "  endpoint remove --service S --address IP | endpoint list [--service S]\n"
+    "  policy list | policy show NAME | policy delete NAME\n"
+    "  policy check [--from SPIFFE_ID] --to SERVICE [--method M] [--path P] [--port N] [--host H]\n"
+    "                                  exit 0: allowed, 3: denied\n"
+    "  envoy bootstrap --node ID [--service NAME] [--out FILE] ...   an Envoy bootstrap (JSON)\n"
+    "  xds dump --node ID [--type cds|eds|lds|rds]   what a proxy would receive over ADS (JSON)\n"
     "  version\n"
     "\n"
     "--data-dir defaults to $MESHID_DATA_DIR, else ./var. Times: RFC 3339 or a duration (1h = one\n"
@@ -52,6 +62,11 @@ static const struct {
     {"token", cmd_token},
     {"entry", cmd_entry},
     {"agent", cmd_agent},
+    {"service", cmd_service},
+    {"endpoint", cmd_endpoint},
+    {"policy", cmd_policy},
+    {"envoy", cmd_envoy},
+    {"xds", cmd_xds},
 };
 
 int cli_fail(mid_result r)
@@ -147,6 +162,7 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[1], "server") == 0) return cmd_server(&ctx, argc - 1, argv + 1); /* no verb */
     if (strcmp(argv[1], "dev") == 0) return cmd_dev(&ctx, argc - 1, argv + 1);       /* no verb */
+    if (strcmp(argv[1], "apply") == 0) return cmd_apply(&ctx, argc - 1, argv + 1);   /* no verb */
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
         if (strcmp(argv[1], commands[i].noun) == 0) {
             if (argc < 3) return cli_usage(NULL, "'%s' needs a verb; see 'meshid help'", argv[1]);

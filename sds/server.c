@@ -58,6 +58,9 @@ struct server {
     rpc_timer *rot_timer;
     bool rotating;  /* a rotation job is running */
     bool reopening; /* a job is opening the CA for a new signer */
+    /* extensions (server_opts.ext); the first n_ext_started were started */
+    server_ext ext[SERVER_EXT_MAX];
+    size_t n_ext, n_ext_started;
 };
 
 /* ---- the server's own SVID ---------------------------------------------------- */
@@ -389,6 +392,27 @@ static void rotation_tick(rpc_loop *loop, void *arg)
 
 /* ---- start / stop ------------------------------------------------------------- */
 
+/* Starts each extension in order; on a failure the ones started are undone
+ * by server_stop / server_free (n_ext_started). */
+static mid_result start_extensions(server *s)
+{
+    server_ext_env env = {.srv = s, .loop = s->loop, .admin_srv = s->admin_srv,
+                          .tls_srv = s->node_srv, .st = s->st, .wp = s->wp,
+                          .trust_domain = s->td, .data_dir = s->data_dir};
+    for (size_t i = 0; i < s->n_ext; i++) {
+        const server_ext *e = &s->ext[i];
+        mid_result r = e->start(e->ctx, &env);
+        if (!mid_is_ok(r)) {
+            mid_err err = r.err;
+            char msg[1024];
+            snprintf(msg, sizeof msg, "%s", mid_errmsg());
+            MID_BAIL(err, "%s: %s", e->name ? e->name : "server extension", msg);
+        }
+        s->n_ext_started = i + 1;
+    }
+    return mid_ok();
+}
+
 static mid_result open_state(server *s, const server_opts *o)
 {
     char db[PATH_CAP];
@@ -413,8 +437,14 @@ mid_result server_start(const server_opts *o, rpc_loop *loop, server **out)
     MID_ENSURE(o->retire_grace >= 0 && o->rotation_check_ms >= 0, MID_E_INVALID,
                "negative retire grace or rotation interval");
     MID_ENSURE(strlen(o->data_dir) < PATH_CAP, MID_E_TOO_LARGE, "data directory path too long");
+    MID_ENSURE(o->n_ext <= SERVER_EXT_MAX && (o->n_ext == 0 || o->ext != NULL), MID_E_INVALID,
+               "at most %d server extensions", SERVER_EXT_MAX);
+    for (size_t i = 0; i < o->n_ext; i++)
+        MID_ENSURE(o->ext[i].start != NULL, MID_E_INVALID, "server extension %zu has no start", i);
     server *s = calloc(1, sizeof *s);
     MID_ENSURE_MEM(s);
+    for (size_t i = 0; i < o->n_ext; i++) s->ext[i] = o->ext[i];
+    s->n_ext = o->n_ext;
     s->loop = loop;
     s->svid_ttl = o->server_svid_ttl;
     snprintf(s->data_dir, sizeof s->data_dir, "%s", o->data_dir);
@@ -470,6 +500,8 @@ mid_result server_start(const server_opts *o, rpc_loop *loop, server **out)
     MID_TRY(r, node_service_register(s->ns, s->node_srv));
     rpc_tls tls = {.ca_pem = s->ca_pem, .cert_pem = s->chain_pem, .key_pem = s->key_pem,
                    .client_cert_optional = true};
+    /* extensions register their methods before the TCP port exists (lib/rpc.h) */
+    MID_TRY(r, start_extensions(s));
     MID_TRY(r, rpc_server_add_tcp(s->node_srv, s->listen, &tls, &s->port));
     MID_TRY(r, rpc_server_start(s->admin_srv));
     MID_TRY(r, rpc_server_start(s->node_srv));
@@ -504,6 +536,8 @@ void server_stop(server *s)
     s->tls_timer = NULL;
     if (s->rot_timer) rpc_timer_cancel(s->loop, s->rot_timer);
     s->rot_timer = NULL;
+    for (size_t i = s->n_ext_started; i-- > 0;)
+        if (s->ext[i].stop) s->ext[i].stop(s->ext[i].ctx);
     admin_service_shutdown(s->as);
     node_service_shutdown(s->ns);
     workpool_free(s->wp);
@@ -514,6 +548,9 @@ void server_free(server *s)
 {
     if (!s) return;
     server_stop(s);
+    for (size_t i = s->n_ext_started; i-- > 0;)
+        if (s->ext[i].free) s->ext[i].free(s->ext[i].ctx);
+    s->n_ext_started = 0;
     admin_service_free(s->as);
     node_service_free(s->ns);
     ca_close(s->ca);

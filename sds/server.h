@@ -21,8 +21,50 @@
 
 #include "lib/result.h"
 #include "lib/rpc.h"
+#include "lib/workpool.h"
+#include "storage/store.h"
 
 typedef struct server server;
+
+/* ---- extensions --------------------------------------------------------------
+ * A part composed in by the caller (the mesh plane: meshcore/, wired by
+ * cli/) that serves more methods on the server's rpc servers and shares its
+ * store and worker pool, without sds/ knowing about it. */
+
+/* What an extension gets at start. Everything is borrowed and lives until
+ * server_free; the struct itself only during start(). */
+typedef struct {
+    server *srv;               /* server_port/_bundle_pem/... work already */
+    rpc_loop *loop;
+    rpc_server *admin_srv;     /* the admin Unix socket (caller uid checks are the extension's) */
+    rpc_server *tls_srv;       /* the node API's mutual-TLS port (client certs optional) */
+    store *st;
+    workpool *wp;
+    const char *trust_domain;
+    const char *data_dir;
+} server_ext_env;
+
+typedef struct {
+    const char *name; /* for messages */
+    /* On the loop thread (or before it runs), after both rpc servers were
+     * created and the server's own methods registered, before the TLS port
+     * is bound (lib/rpc.h: methods before TCP ports; server_port() is still
+     * 0) and before anything is served: register methods, open more
+     * servers, add timers. A failure fails server_start (extensions started
+     * before it are stopped and freed, later ones never start). */
+    MID_RESULT (*start)(void *ctx, const server_ext_env *env);
+    /* Optional: at server_stop (loop thread, before the worker pool is
+     * freed): cancel timers, refuse new work. Only after a successful start. */
+    void (*stop)(void *ctx);
+    /* Optional: at server_free (after rpc_loop_free, before the store is
+     * closed; when server_start fails after this extension started: during
+     * server_start, before anything was served): free what start made. Only
+     * after a successful start. */
+    void (*free)(void *ctx);
+    void *ctx;
+} server_ext;
+
+#define SERVER_EXT_MAX 8
 
 #define SERVER_LISTEN_DEFAULT "127.0.0.1:15012"
 #define SERVER_SPIFFE_PATH "/meshid/server"
@@ -43,6 +85,10 @@ typedef struct {
     int auto_rotate_root;     /* also the root (implies auto_rotate) */
     int64_t retire_grace;     /* seconds; 0: CA_RETIRE_GRACE */
     int64_t rotation_check_ms; /* 0: SERVER_ROTATION_CHECK_MS */
+    /* Extensions, started in order, stopped and freed in reverse (the array
+     * is copied; each `ctx` must live until server_free). */
+    const server_ext *ext;
+    size_t n_ext;             /* at most SERVER_EXT_MAX */
 } server_opts;
 
 #define SERVER_ROTATION_CHECK_MS 60000

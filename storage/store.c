@@ -11,11 +11,13 @@
 #include "storage/store.h"
 
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
@@ -23,6 +25,7 @@
 #include "lib/timeutil.h"
 #include "storage/audit.h"
 #include "storage/store_int.h"
+#include "storage/store_mesh.h"
 
 #define STORE_BUSY_TIMEOUT_DEFAULT 5000
 #define STORE_MAX_BATCH_DEFAULT 256
@@ -47,7 +50,8 @@ typedef enum {
     REQ_AGENT_UPSERT,
     REQ_AGENT_RENEW,
     REQ_AGENT_BAN,
-    REQ_AGENT_TOUCH
+    REQ_AGENT_TOUCH,
+    REQ_MESH_APPLY
 } req_kind;
 
 /* An error carried from the writer thread to the caller's thread. */
@@ -67,6 +71,14 @@ typedef struct {
     carried_err res;
 } cert_item;
 
+/* One change of a REQ_MESH_APPLY request (validated; the strings are the
+ * caller's, who blocks until the writer is done with them). */
+typedef struct {
+    const store_mesh_change *ch;
+    int has_ev;
+    store_audit_event ev; /* normalized; seq, ts_ms and hashes set when applied */
+} mesh_item;
+
 typedef struct store_req store_req;
 struct store_req {
     req_kind kind;
@@ -81,18 +93,21 @@ struct store_req {
     store_join_token token; /* REQ_TOKEN_CREATE */
     store_agent agent;      /* REQ_AGENT_UPSERT */
     const char *serial;     /* REQ_AGENT_RENEW */
-    int64_t now, not_after; /* REQ_TOKEN_CONSUME, REQ_AGENT_RENEW, REQ_AGENT_TOUCH */
+    int64_t now, not_after; /* REQ_TOKEN_CONSUME, REQ_AGENT_RENEW, REQ_AGENT_TOUCH,
+                               REQ_MESH_APPLY (now) */
     int banned;             /* REQ_AGENT_BAN */
     cert_item *items;       /* REQ_CERT_MANY: each applied in its own savepoint */
     size_t n_items;
+    mesh_item *mesh;        /* REQ_MESH_APPLY: all applied in the request's savepoint */
+    size_t n_mesh;
+    int64_t mesh_revision;  /* REQ_MESH_APPLY: set by the writer, the new mesh revision */
     /* filled by the writer for the caller to own (cleared by it on failure) */
     store_entry_row *entry_out;      /* REQ_ENTRY_DELETE, may be NULL */
     store_join_token_row *token_out; /* REQ_TOKEN_CONSUME, may be NULL */
     int has_ev;
     store_audit_event ev; /* normalized; seq, ts_ms and hashes set when applied */
-    /* filled by the writer, read by the caller after done */
-    int done;
-    pthread_cond_t cv;
+    /* filled by the writer, read by the caller once `done` is posted */
+    sem_t done;
     carried_err res;
 };
 
@@ -111,8 +126,9 @@ struct store {
     pthread_cond_t cv_work, cv_space, cv_idle;
     store_req **queue;
     size_t qcap, qhead, qlen;
-    size_t inflight; /* callers inside submit() */
-    int stopping, paused;
+    atomic_size_t inflight; /* callers between enqueue() and the end of wait_done() */
+    atomic_int stopping;    /* set under mu; read without it by wait_done() */
+    int paused;
     store_stats stats;
     pthread_t writer;
     store_req **batch; /* writer-owned scratch, max_batch entries */
@@ -215,6 +231,7 @@ static MID_RESULT be_apply(store *st, store_req *rq)
         return st->vt->authority_set_state(st->wconn, rq->id, rq->from_state, rq->to_state);
     case REQ_CERT_INSERT: return st->vt->cert_insert(st->wconn, &rq->cert);
     case REQ_CERT_MANY: break; /* apply_many */
+    case REQ_MESH_APPLY: break; /* apply_mesh */
     case REQ_ENTRY_CREATE: return be_entry_create(st, rq);
     case REQ_ENTRY_DELETE: return be_entry_delete(st, rq);
     case REQ_TOKEN_CREATE: return st->vt->join_token_insert(st->wconn, &rq->token);
@@ -282,6 +299,58 @@ static MID_RESULT apply_many(store *st, store_req *rq, int64_t *head_seq,
     return MID_OK_RESULT;
 }
 
+/* One change of a mesh apply: its if_revision condition, then the write.
+ * The condition is checked here, above the backend, so every backend
+ * applies the same rule. */
+static MID_RESULT mesh_change_apply(store *st, const store_mesh_change *ch, int64_t revision,
+                                    int64_t now)
+{
+    MID_GUARD(fault_check(st, STORE_FAULT_APPLY));
+    if (ch->if_revision != 0) {
+        int64_t cur = 0;
+        MID_GUARD(st->vt->mesh_revision_of(st->wconn, ch->kind, ch->namespace_, ch->name, &cur));
+        MID_ENSURE(ch->if_revision >= 0 || cur == 0, MID_E_STATE,
+                   "%s %.253s/%.253s changed concurrently: it already exists (revision %lld)",
+                   ch->kind, ch->namespace_, ch->name, (long long)cur);
+        MID_ENSURE(ch->if_revision < 0 || cur != 0, MID_E_STATE,
+                   "%s %.253s/%.253s changed concurrently: expected revision %lld, it was "
+                   "deleted",
+                   ch->kind, ch->namespace_, ch->name, (long long)ch->if_revision);
+        MID_ENSURE(ch->if_revision < 0 || cur == ch->if_revision, MID_E_STATE,
+                   "%s %.253s/%.253s changed concurrently: expected revision %lld, it is %lld",
+                   ch->kind, ch->namespace_, ch->name, (long long)ch->if_revision,
+                   (long long)cur);
+    }
+    if (ch->op == STORE_MESH_DELETE)
+        return st->vt->mesh_delete(st->wconn, ch->kind, ch->namespace_, ch->name);
+    return st->vt->mesh_put(st->wconn, ch->kind, ch->namespace_, ch->name, ch->spec_json,
+                            revision, now);
+}
+
+/* REQ_MESH_APPLY: one savepoint for the revision bump and every change with
+ * its event, so a failing change (or injected fault) undoes all of them and
+ * leaves the other requests of the batch alone. */
+static MID_RESULT apply_mesh(store *st, store_req *rq, int64_t *head_seq,
+                             uint8_t head_hash[STORE_HASH_LEN])
+{
+    int64_t seq = *head_seq, rev = 0;
+    uint8_t hash[STORE_HASH_LEN];
+    memcpy(hash, head_hash, STORE_HASH_LEN);
+    MID_GUARD(be_savepoint(st));
+    mid_result r = st->vt->mesh_revision_bump(st->wconn, &rev);
+    for (size_t i = 0; i < rq->n_mesh && mid_is_ok(r); i++) {
+        mesh_item *it = &rq->mesh[i];
+        r = mesh_change_apply(st, it->ch, rev, rq->now);
+        if (mid_is_ok(r) && it->has_ev) r = append_event(st, &it->ev, &seq, hash);
+    }
+    MID_GUARD(end_savepoint(st, r, &rq->res));
+    if (!mid_is_ok(r)) return MID_OK_RESULT;
+    rq->mesh_revision = rev;
+    *head_seq = seq;
+    memcpy(head_hash, hash, STORE_HASH_LEN);
+    return MID_OK_RESULT;
+}
+
 /* Applies one request inside its savepoint. On success the head advances to
  * the request's event. On a request error the savepoint is undone, the
  * error is stored in rq->res and OK is returned; a non-OK return means the
@@ -290,6 +359,7 @@ static MID_RESULT apply_one(store *st, store_req *rq, int64_t *head_seq,
                             uint8_t head_hash[STORE_HASH_LEN])
 {
     if (rq->kind == REQ_CERT_MANY) return apply_many(st, rq, head_seq, head_hash);
+    if (rq->kind == REQ_MESH_APPLY) return apply_mesh(st, rq, head_seq, head_hash);
     int64_t seq = *head_seq;
     uint8_t hash[STORE_HASH_LEN];
     memcpy(hash, head_hash, STORE_HASH_LEN);
@@ -306,10 +376,12 @@ static MID_RESULT apply_one(store *st, store_req *rq, int64_t *head_seq,
     return MID_OK_RESULT;
 }
 
-/* Records a request carries: its certificates, or 1. */
+/* Records a request carries: its certificates, its mesh changes, or 1. */
 static size_t req_records(const store_req *rq)
 {
-    return rq->kind == REQ_CERT_MANY ? rq->n_items : 1;
+    if (rq->kind == REQ_CERT_MANY) return rq->n_items;
+    if (rq->kind == REQ_MESH_APPLY) return rq->n_mesh;
+    return 1;
 }
 
 /* Fails every request (and certificate of a REQ_CERT_MANY) of the batch
@@ -323,6 +395,13 @@ static void fail_pending(store_req **b, size_t n, const carried_err *e)
     }
 }
 
+#include <time.h> /* H7TEMP */
+static double h7_apply, h7_commit, h7_wait, h7_wake, h7_batches; /* H7TEMP */
+static double h7_now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; } /* H7TEMP */
+static double h7_cpu(void) { struct timespec t; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t); return t.tv_sec + t.tv_nsec / 1e9; } /* H7TEMP */
+static double h7_commit_cpu, h7_apply_cpu; static char h7_sched[256]; /* H7TEMP */
+static void __attribute__((destructor)) h7_report(void) { if (getenv("H7_STATS") && h7_batches > 0) fprintf(stderr, "H7: %.0f batches: apply %.1f us (cpu %.1f), commit %.1f us (cpu %.1f), wait-for-work %.1f us, wake %.1f us per batch; writer schedstat %s\n", h7_batches, h7_apply / h7_batches * 1e6, h7_apply_cpu / h7_batches * 1e6, h7_commit / h7_batches * 1e6, h7_commit_cpu / h7_batches * 1e6, h7_wait / h7_batches * 1e6, h7_wake / h7_batches * 1e6, h7_sched); } /* H7TEMP */
+
 /* One group commit. Returns 1 when the batch committed. */
 static int run_batch(store *st, store_req **b, size_t n)
 {
@@ -334,11 +413,15 @@ static int run_batch(store *st, store_req **b, size_t n)
         b[i]->res.err = MID_E_OK;
         for (size_t k = 0; k < b[i]->n_items; k++) b[i]->items[k].res.err = MID_E_OK;
     }
+    double h7t0 = h7_now(), h7c0 = h7_cpu(); /* H7TEMP */
     mid_result r = be_begin(st);
     int in_txn = mid_is_ok(r);
     if (in_txn) r = be_write_head(st, &head_seq, head_hash);
     for (size_t i = 0; i < n && mid_is_ok(r); i++) r = apply_one(st, b[i], &head_seq, head_hash);
+    double h7t1 = h7_now(), h7c1 = h7_cpu(); /* H7TEMP */
     if (mid_is_ok(r)) r = be_commit(st);
+    double h7t2 = h7_now(), h7c2 = h7_cpu(); h7_apply_cpu += h7c1 - h7c0; h7_commit_cpu += h7c2 - h7c1; /* H7TEMP */
+    h7_apply += h7t1 - h7t0; h7_commit += h7t2 - h7t1; h7_batches++; /* H7TEMP */
     if (mid_is_ok(r)) return 1;
 
     carry_current(&e);
@@ -354,10 +437,13 @@ static int run_batch(store *st, store_req **b, size_t n)
 static void *writer_main(void *arg)
 {
     store *st = arg;
+    (void)pthread_setname_np(pthread_self(), "store-writer"); /* for top -H, perf */
     pthread_mutex_lock(&st->mu);
     for (;;) {
+        double h7w0 = h7_now(); /* H7TEMP */
         while (!st->stopping && (st->qlen == 0 || st->paused))
             pthread_cond_wait(&st->cv_work, &st->mu);
+        h7_wait += h7_now() - h7w0; /* H7TEMP */
         if (st->qlen == 0) break; /* stopping and drained */
         /* At most max_batch records per transaction (a multi-certificate
          * request counts its certificates), but always at least one request. */
@@ -375,6 +461,7 @@ static void *writer_main(void *arg)
 
         int committed = run_batch(st, st->batch, n);
 
+        double h7k0 = h7_now(); /* H7TEMP */
         pthread_mutex_lock(&st->mu);
         st->stats.writes += records;
         if (committed)
@@ -384,41 +471,66 @@ static void *writer_main(void *arg)
         if (records > st->stats.max_batch_seen) st->stats.max_batch_seen = records;
         for (size_t i = 0; i < n; i++) {
             store_req *rq = st->batch[i];
-            if (rq->kind != REQ_CERT_MANY && rq->res.err != MID_E_OK) st->stats.writes_failed++;
+            if (rq->kind != REQ_CERT_MANY && rq->res.err != MID_E_OK)
+                st->stats.writes_failed += req_records(rq); /* all or nothing */
             for (size_t k = 0; k < rq->n_items; k++)
                 if (rq->items[k].res.err != MID_E_OK) st->stats.writes_failed++;
-            rq->done = 1;
-            pthread_cond_signal(&rq->cv); /* rq may vanish once mu is released */
         }
+        pthread_mutex_unlock(&st->mu);
+        /* Each caller sleeps on its own semaphore: woken one by one outside
+         * mu, they do not all queue up on it again on their way out. */
+        for (size_t i = 0; i < n; i++) sem_post(&st->batch[i]->done); /* rq may vanish now */
+        h7_wake += h7_now() - h7k0; /* H7TEMP */
+        pthread_mutex_lock(&st->mu);
     }
     pthread_mutex_unlock(&st->mu);
+    { FILE *f = fopen("/proc/thread-self/schedstat", "r"); if (f) { if (!fgets(h7_sched, sizeof h7_sched, f)) h7_sched[0] = 0; fclose(f); } } /* H7TEMP */
     return NULL;
+}
+
+/* Queues rq for the writer (waiting while the queue is full). Returns 0,
+ * with nothing queued, when the store is closing. On 1 the caller must call
+ * wait_done(st, rq) once, and keep rq and what it points to alive until
+ * then. */
+static int enqueue(store *st, store_req *rq)
+{
+    rq->res.err = MID_E_OK;
+    pthread_mutex_lock(&st->mu);
+    while (st->qlen == st->qcap && !st->stopping) pthread_cond_wait(&st->cv_space, &st->mu);
+    int ok = !st->stopping;
+    if (ok) {
+        (void)sem_init(&rq->done, 0, 0); /* fails only for values over SEM_VALUE_MAX */
+        atomic_fetch_add(&st->inflight, 1);
+        st->queue[(st->qhead + st->qlen) % st->qcap] = rq;
+        st->qlen++;
+        pthread_cond_signal(&st->cv_work);
+    }
+    pthread_mutex_unlock(&st->mu);
+    return ok;
+}
+
+/* Blocks until the writer has committed (or failed) rq, queued by
+ * enqueue(). No lock is taken unless the store is closing and this was the
+ * last caller inside. */
+static void wait_done(store *st, store_req *rq)
+{
+    while (sem_wait(&rq->done) != 0) {
+        /* EINTR only: a signal handler ran; keep waiting */
+    }
+    sem_destroy(&rq->done);
+    if (atomic_fetch_sub(&st->inflight, 1) == 1 && st->stopping) {
+        pthread_mutex_lock(&st->mu);
+        pthread_cond_broadcast(&st->cv_idle);
+        pthread_mutex_unlock(&st->mu);
+    }
 }
 
 /* Queues rq and blocks until the writer has committed (or failed) it.
  * Re-raises the writer's error on this thread. */
 static MID_RESULT submit(store *st, store_req *rq)
 {
-    MID_ENSURE(pthread_cond_init(&rq->cv, NULL) == 0, MID_E_NOMEM, "cannot create a condvar");
-    rq->done = 0;
-    rq->res.err = MID_E_OK;
-
-    pthread_mutex_lock(&st->mu);
-    st->inflight++;
-    while (st->qlen == st->qcap && !st->stopping) pthread_cond_wait(&st->cv_space, &st->mu);
-    int refused = st->stopping;
-    if (!refused) {
-        st->queue[(st->qhead + st->qlen) % st->qcap] = rq;
-        st->qlen++;
-        pthread_cond_signal(&st->cv_work);
-        while (!rq->done) pthread_cond_wait(&rq->cv, &st->mu);
-    }
-    st->inflight--;
-    if (st->inflight == 0 && st->stopping) pthread_cond_broadcast(&st->cv_idle);
-    pthread_mutex_unlock(&st->mu);
-    pthread_cond_destroy(&rq->cv);
-
-    MID_ENSURE(!refused, MID_E_STATE, "store is closing");
+    MID_ENSURE(enqueue(st, rq), MID_E_STATE, "store is closing");
+    wait_done(st, rq);
     if (rq->res.err != MID_E_OK) return raise_carried(&rq->res);
     return MID_OK_RESULT;
 }
@@ -488,7 +600,10 @@ static MID_RESULT check_cert(const store_cert *c)
     MID_GUARD(check_hex("certificate key_fp", c->key_fp, 64, 64));
     MID_GUARD(check_hex("certificate authority_id", c->authority_id, 1, 128));
     MID_GUARD(check_one_of("certificate status", c->status, cert_statuses));
-    MID_GUARD(check_str("certificate cert_pem", c->cert_pem, STORE_PEM_MAX, 1));
+    MID_ENSURE(c->cert_der != NULL && c->cert_der_len > 0, MID_E_INVALID,
+               "certificate cert_der is required");
+    MID_ENSURE(c->cert_der_len <= STORE_CERT_DER_MAX, MID_E_TOO_LARGE,
+               "certificate cert_der is longer than %d bytes", STORE_CERT_DER_MAX);
     MID_ENSURE(c->not_after >= c->not_before, MID_E_INVALID, "certificate not_after < not_before");
     MID_ENSURE(c->issued_at >= 0, MID_E_INVALID, "certificate issued_at is negative");
     return MID_OK_RESULT;
@@ -702,28 +817,44 @@ MID_RESULT store_cert_insert(store *st, const store_cert *c, const store_audit_e
     return submit(st, &rq);
 }
 
-MID_RESULT store_cert_insert_many(store *st, const store_cert *certs, const store_audit_event *evs,
-                                  size_t n, mid_result *results)
+/* A queued store_cert_insert_many_start, until store_cert_batch_wait. */
+struct store_cert_batch {
+    store *st;
+    store_req rq;               /* REQ_CERT_MANY over items[0..k) */
+    int queued;                 /* rq went to the writer (else refused: closing) */
+    mid_result *results;        /* the caller's */
+    carried_err first;          /* failure of the lowest index so far */
+    size_t first_idx;
+    size_t k;
+    cert_item items[];          /* n allocated, k queued */
+};
+
+MID_RESULT store_cert_insert_many_start(store *st, const store_cert *certs,
+                                        const store_audit_event *evs, size_t n,
+                                        mid_result *results, store_cert_batch **out)
 {
     MID_GUARD(check_store(st));
-    MID_ENSURE(certs != NULL && results != NULL, MID_E_INVALID, "certificates are required");
+    MID_ENSURE(certs != NULL && results != NULL && out != NULL, MID_E_INVALID,
+               "certificates are required");
     MID_ENSURE(n >= 1 && n <= STORE_CERT_MANY_MAX, MID_E_INVALID,
                "between 1 and %d certificates per write", STORE_CERT_MANY_MAX);
-    cert_item *items = calloc(n, sizeof *items);
-    MID_ENSURE_MEM(items);
-    carried_err first = {.err = MID_E_OK}; /* the failure of the lowest index */
-    size_t first_idx = SIZE_MAX, k = 0;
+    store_cert_batch *b = calloc(1, sizeof *b + n * sizeof b->items[0]);
+    MID_ENSURE_MEM(b);
+    b->st = st;
+    b->results = results;
+    b->first.err = MID_E_OK;
+    b->first_idx = SIZE_MAX;
     /* Malformed input is refused here, on the caller's thread, as
      * store_cert_insert would; only the rest is queued. */
     for (size_t i = 0; i < n; i++) {
-        cert_item *it = &items[k];
+        cert_item *it = &b->items[b->k];
         mid_result r = check_cert(&certs[i]);
         if (mid_is_ok(r) && evs != NULL) r = audit_validate(&evs[i]);
         results[i] = r;
         if (!mid_is_ok(r)) {
-            if (i < first_idx) {
-                carry_current(&first);
-                first_idx = i;
+            if (i < b->first_idx) {
+                carry_current(&b->first);
+                b->first_idx = i;
             }
             continue;
         }
@@ -734,28 +865,51 @@ MID_RESULT store_cert_insert_many(store *st, const store_cert *certs, const stor
             it->has_ev = 1;
         }
         it->index = i;
-        k++;
+        b->k++;
     }
-    if (k > 0) {
-        store_req rq = {.kind = REQ_CERT_MANY, .items = items, .n_items = k};
-        carried_err whole = {.err = MID_E_OK};
-        if (!mid_is_ok(submit(st, &rq))) carry_current(&whole);
-        /* A request that failed as a whole (closing store, failed commit)
-         * made nothing durable: every certificate without an error of its
-         * own fails with it. */
-        for (size_t j = 0; j < k; j++) {
-            cert_item *it = &items[j];
-            if (it->res.err == MID_E_OK && whole.err != MID_E_OK) it->res = whole;
-            results[it->index] = (mid_result){it->res.err};
-            if (it->res.err != MID_E_OK && it->index < first_idx) {
-                first = it->res;
-                first_idx = it->index;
-            }
+    if (b->k > 0) {
+        b->rq = (store_req){.kind = REQ_CERT_MANY, .items = b->items, .n_items = b->k};
+        b->queued = enqueue(st, &b->rq);
+    }
+    *out = b;
+    return MID_OK_RESULT;
+}
+
+MID_RESULT store_cert_batch_wait(store_cert_batch *b)
+{
+    MID_ENSURE(b != NULL, MID_E_INVALID, "no certificate batch");
+    carried_err whole = {.err = MID_E_OK};
+    if (b->queued) {
+        wait_done(b->st, &b->rq);
+        whole = b->rq.res;
+    } else if (b->k > 0) {
+        whole = (carried_err){.err = MID_E_STATE, .file = __FILE__, .line = __LINE__};
+        snprintf(whole.msg, sizeof whole.msg, "store is closing");
+    }
+    /* A request that failed as a whole (closing store, failed commit) made
+     * nothing durable: every certificate without an error of its own fails
+     * with it. */
+    for (size_t j = 0; j < b->k; j++) {
+        cert_item *it = &b->items[j];
+        if (it->res.err == MID_E_OK && whole.err != MID_E_OK) it->res = whole;
+        b->results[it->index] = (mid_result){it->res.err};
+        if (it->res.err != MID_E_OK && it->index < b->first_idx) {
+            b->first = it->res;
+            b->first_idx = it->index;
         }
     }
-    free(items);
+    carried_err first = b->first;
+    free(b);
     if (first.err == MID_E_OK) return MID_OK_RESULT;
     return raise_carried(&first);
+}
+
+MID_RESULT store_cert_insert_many(store *st, const store_cert *certs, const store_audit_event *evs,
+                                  size_t n, mid_result *results)
+{
+    store_cert_batch *b = NULL;
+    MID_GUARD(store_cert_insert_many_start(st, certs, evs, n, results, &b));
+    return store_cert_batch_wait(b);
 }
 
 /* 16 random bytes as 32 lowercase hex digits. */
@@ -886,6 +1040,123 @@ MID_RESULT store_agent_touch(store *st, const char *spiffe_id, int64_t now)
     MID_ENSURE(now >= 0, MID_E_INVALID, "time is negative");
     store_req rq = {.kind = REQ_AGENT_TOUCH, .id = spiffe_id, .now = now};
     return submit(st, &rq);
+}
+
+/* ---- mesh resources ------------------------------------------------------------------ */
+
+static const char *const mesh_kinds[] = {STORE_MESH_KIND_SERVICE, STORE_MESH_KIND_POLICY, NULL};
+
+/* A resource's key: kind from its set, namespace and name 1..STORE_MESH_NAME_MAX
+ * bytes without control bytes. */
+static MID_RESULT check_mesh_key(const char *kind, const char *namespace_, const char *name)
+{
+    MID_GUARD(check_one_of("mesh resource kind", kind, mesh_kinds));
+    MID_GUARD(check_printable("mesh resource namespace", namespace_, STORE_MESH_NAME_MAX, 1));
+    MID_GUARD(check_printable("mesh resource name", name, STORE_MESH_NAME_MAX, 1));
+    return MID_OK_RESULT;
+}
+
+/* A resource's spec: at most STORE_MESH_SPEC_MAX bytes of JSON that parses
+ * (no duplicate keys) to an object. Adds its length to *total. */
+static MID_RESULT check_mesh_spec(const store_mesh_change *ch, size_t *total)
+{
+    MID_ENSURE(ch->spec_json != NULL, MID_E_INVALID, "%s %.253s/%.253s: a put needs its spec",
+               ch->kind, ch->namespace_, ch->name);
+    size_t n = strnlen(ch->spec_json, (size_t)STORE_MESH_SPEC_MAX + 1);
+    MID_ENSURE(n <= STORE_MESH_SPEC_MAX, MID_E_TOO_LARGE,
+               "%s %.253s/%.253s: spec is longer than %u bytes", ch->kind, ch->namespace_,
+               ch->name, STORE_MESH_SPEC_MAX);
+    *total += n;
+    MID_ENSURE(*total <= STORE_MESH_APPLY_BYTES_MAX, MID_E_TOO_LARGE,
+               "the specs of one mesh apply are longer than %u bytes together",
+               STORE_MESH_APPLY_BYTES_MAX);
+    json_error_t jerr;
+    json_t *j = json_loadb(ch->spec_json, n, JSON_REJECT_DUPLICATES, &jerr);
+    MID_ENSURE(j != NULL, MID_E_INVALID, "%s %.253s/%.253s: spec is not valid JSON: %s (line %d)",
+               ch->kind, ch->namespace_, ch->name, jerr.text, jerr.line);
+    int is_obj = json_is_object(j);
+    json_decref(j);
+    MID_ENSURE(is_obj, MID_E_INVALID, "%s %.253s/%.253s: spec must be a JSON object", ch->kind,
+               ch->namespace_, ch->name);
+    return MID_OK_RESULT;
+}
+
+static MID_RESULT check_mesh_change(const store_mesh_change *ch, size_t *total)
+{
+    MID_ENSURE(ch->op == STORE_MESH_PUT || ch->op == STORE_MESH_DELETE, MID_E_INVALID,
+               "mesh change op %d is neither put nor delete", (int)ch->op);
+    MID_GUARD(check_mesh_key(ch->kind, ch->namespace_, ch->name));
+    MID_ENSURE(ch->if_revision >= -1, MID_E_INVALID,
+               "%s %.253s/%.253s: if_revision %lld is not -1, 0 or a revision", ch->kind,
+               ch->namespace_, ch->name, (long long)ch->if_revision);
+    if (ch->op == STORE_MESH_DELETE) {
+        MID_ENSURE(ch->if_revision != -1, MID_E_INVALID,
+                   "%s %.253s/%.253s: a delete cannot require that the resource does not exist",
+                   ch->kind, ch->namespace_, ch->name);
+        return MID_OK_RESULT;
+    }
+    return check_mesh_spec(ch, total);
+}
+
+/* Re-raises the current error r with "mesh change N: " in front. */
+static mid_result mesh_change_error(mid_result r, size_t i)
+{
+    char msg[STORE_ERRMSG_MAX];
+    snprintf(msg, sizeof msg, "%s", mid_errmsg());
+    return mid_fail(r.err, mid_errfile(), mid_errline(), "mesh change %zu: %s", i + 1, msg);
+}
+
+static int mesh_key_cmp(const void *a, const void *b)
+{
+    const store_mesh_change *x = *(const store_mesh_change *const *)a;
+    const store_mesh_change *y = *(const store_mesh_change *const *)b;
+    int c = strcmp(x->kind, y->kind);
+    if (c == 0) c = strcmp(x->namespace_, y->namespace_);
+    return c != 0 ? c : strcmp(x->name, y->name);
+}
+
+MID_RESULT store_mesh_apply(store *st, const store_mesh_change *ch, size_t n,
+                            const store_audit_event *evs, int64_t *revision)
+{
+    mid_result r = MID_OK_RESULT;
+    mesh_item *items = NULL;
+    const store_mesh_change **order = NULL;
+    size_t total = 0;
+
+    MID_TRY(r, check_store(st));
+    MID_CHECK(r, ch != NULL && n >= 1, MID_E_INVALID, "a mesh apply needs at least one change");
+    MID_CHECK(r, n <= STORE_MESH_APPLY_MAX, MID_E_TOO_LARGE,
+              "a mesh apply has at most %d changes, not %zu", STORE_MESH_APPLY_MAX, n);
+    items = calloc(n, sizeof *items);
+    order = calloc(n, sizeof *order);
+    MID_CHECK_MEM(r, items);
+    MID_CHECK_MEM(r, order);
+    for (size_t i = 0; i < n; i++) {
+        r = check_mesh_change(&ch[i], &total);
+        if (mid_is_ok(r) && evs != NULL) r = audit_validate(&evs[i]);
+        if (!mid_is_ok(r)) {
+            r = mesh_change_error(r, i);
+            goto out;
+        }
+        items[i].ch = &ch[i];
+        if (evs != NULL) {
+            audit_normalize(&evs[i], &items[i].ev);
+            items[i].has_ev = 1;
+        }
+        order[i] = &ch[i];
+    }
+    qsort(order, n, sizeof *order, mesh_key_cmp);
+    for (size_t i = 1; i < n; i++)
+        MID_CHECK(r, mesh_key_cmp(&order[i - 1], &order[i]) != 0, MID_E_INVALID,
+                  "%s %.253s/%.253s appears more than once in one mesh apply", order[i]->kind,
+                  order[i]->namespace_, order[i]->name);
+    store_req rq = {.kind = REQ_MESH_APPLY, .mesh = items, .n_mesh = n, .now = time_now()};
+    MID_TRY(r, submit(st, &rq));
+    if (revision != NULL) *revision = rq.mesh_revision;
+out:
+    free(items);
+    free(order);
+    return r;
 }
 
 /* ---- reads (caller's thread) --------------------------------------------------------
@@ -1100,6 +1371,48 @@ MID_RESULT store_agent_list(store *st, store_agent_row **rows, size_t *n)
     return r;
 }
 
+MID_RESULT store_mesh_list(store *st, const char *kind, store_mesh_row **rows, size_t *n,
+                           int64_t *revision)
+{
+    int64_t rev = 0;
+    MID_GUARD(check_store(st));
+    MID_ENSURE(rows != NULL && n != NULL, MID_E_INVALID, "no output list");
+    *rows = NULL;
+    *n = 0;
+    if (kind != NULL) MID_GUARD(check_one_of("mesh resource kind", kind, mesh_kinds));
+    store_conn *c;
+    MID_GUARD(reader_get(st, &c));
+    mid_result r = st->vt->mesh_list(c, kind, rows, n, &rev);
+    reader_put(st, c);
+    if (mid_is_ok(r) && revision != NULL) *revision = rev;
+    return r;
+}
+
+MID_RESULT store_mesh_get(store *st, const char *kind, const char *namespace_, const char *name,
+                          store_mesh_row *out)
+{
+    MID_GUARD(check_store(st));
+    MID_ENSURE(out != NULL, MID_E_INVALID, "no output row");
+    memset(out, 0, sizeof *out);
+    MID_GUARD(check_mesh_key(kind, namespace_, name));
+    store_conn *c;
+    MID_GUARD(reader_get(st, &c));
+    mid_result r = st->vt->mesh_get(c, kind, namespace_, name, out);
+    reader_put(st, c);
+    return r;
+}
+
+MID_RESULT store_mesh_revision(store *st, int64_t *revision)
+{
+    MID_GUARD(check_store(st));
+    MID_ENSURE(revision != NULL, MID_E_INVALID, "no output revision");
+    store_conn *c;
+    MID_GUARD(reader_get(st, &c));
+    mid_result r = st->vt->mesh_revision(c, revision);
+    reader_put(st, c);
+    return r;
+}
+
 /* ---- owned rows ------------------------------------------------------------------- */
 
 /* Copies up to 9 optional strings into one allocation; dst[i] = NULL for NULL. */
@@ -1166,18 +1479,31 @@ MID_RESULT store_authority_row_copy(const store_authority *src, store_authority_
 
 MID_RESULT store_cert_row_copy(const store_cert *src, store_cert_row *dst)
 {
-    const char *in[6] = {src->serial,       src->spiffe_id, src->key_fp,
-                         src->authority_id, src->status,    src->cert_pem};
-    const char *o[6];
+    const char *in[5] = {src->serial, src->spiffe_id, src->key_fp, src->authority_id,
+                         src->status};
+    const char *o[5];
+    size_t n = src->cert_der != NULL ? src->cert_der_len : 0;
     memset(dst, 0, sizeof *dst);
-    MID_GUARD(pack_strings(in, o, 6, &dst->owned_));
+    MID_GUARD(pack_strings(in, o, 5, &dst->owned_));
     dst->c = *src;
     dst->c.serial = o[0];
     dst->c.spiffe_id = o[1];
     dst->c.key_fp = o[2];
     dst->c.authority_id = o[3];
     dst->c.status = o[4];
-    dst->c.cert_pem = o[5];
+    dst->c.cert_der = NULL;
+    dst->c.cert_der_len = 0;
+    if (n > 0) {
+        unsigned char *der = malloc(n);
+        if (der == NULL) {
+            store_cert_row_clear(dst);
+            MID_BAIL(MID_E_NOMEM, "out of memory");
+        }
+        memcpy(der, src->cert_der, n);
+        dst->der_owned_ = der;
+        dst->c.cert_der = der;
+        dst->c.cert_der_len = n;
+    }
     return MID_OK_RESULT;
 }
 
@@ -1245,6 +1571,48 @@ MID_RESULT store_agent_row_copy(const store_agent *src, store_agent_row *dst)
     dst->a.serial = o[1];
     dst->a.hostname = o[2];
     return MID_OK_RESULT;
+}
+
+MID_RESULT store_mesh_row_fill(store_mesh_row *dst, const char *kind, const char *namespace_,
+                               const char *name, const char *spec_json, int64_t revision,
+                               int64_t created_at, int64_t updated_at)
+{
+    const char *in[4] = {kind, namespace_, name, spec_json};
+    char *o[4] = {NULL, NULL, NULL, NULL};
+    memset(dst, 0, sizeof *dst);
+    for (size_t i = 0; i < 4; i++) {
+        if (in[i] == NULL) continue;
+        o[i] = strdup(in[i]);
+        if (o[i] == NULL) {
+            for (size_t k = 0; k < i; k++) free(o[k]);
+            MID_BAIL(MID_E_NOMEM, "out of memory");
+        }
+    }
+    dst->kind = o[0];
+    dst->namespace_ = o[1];
+    dst->name = o[2];
+    dst->spec_json = o[3];
+    dst->revision = revision;
+    dst->created_at = created_at;
+    dst->updated_at = updated_at;
+    return MID_OK_RESULT;
+}
+
+void store_mesh_row_clear(store_mesh_row *r)
+{
+    if (r == NULL) return;
+    free(r->kind);
+    free(r->namespace_);
+    free(r->name);
+    free(r->spec_json);
+    memset(r, 0, sizeof *r);
+}
+
+void store_mesh_list_free(store_mesh_row *rows, size_t n)
+{
+    if (rows == NULL) return;
+    for (size_t i = 0; i < n; i++) store_mesh_row_clear(&rows[i]);
+    free(rows);
 }
 
 MID_RESULT store_rows_grow(void **v, size_t size, size_t *len, size_t *cap, void **slot)
@@ -1356,6 +1724,7 @@ void store_cert_row_clear(store_cert_row *row)
 {
     if (row == NULL) return;
     free(row->owned_);
+    free(row->der_owned_);
     memset(row, 0, sizeof *row);
 }
 

@@ -33,7 +33,8 @@ typedef struct store store;
 /* Size limits (bytes, excluding the NUL); longer input is MID_E_TOO_LARGE. */
 #define STORE_AUDIT_DETAILS_MAX (64 * 1024) /* audit details JSON */
 #define STORE_AUDIT_TEXT_MAX (4 * 1024)     /* every other audit text field */
-#define STORE_PEM_MAX (256 * 1024)          /* cert_pem, chain_pem */
+#define STORE_PEM_MAX (256 * 1024)          /* authority cert_pem, chain_pem */
+#define STORE_CERT_DER_MAX (64 * 1024)      /* an issued certificate's DER */
 #define STORE_TEXT_MAX (4 * 1024)           /* every other record text field */
 
 /* ---- audit events ---------------------------------------------------------- */
@@ -189,12 +190,14 @@ typedef struct {
     const char *authority_id; /* signing authority */
     const char *status;       /* "valid" | "revoked" */
     int64_t issued_at;
-    const char *cert_pem;
+    const unsigned char *cert_der; /* the certificate, DER: 1..STORE_CERT_DER_MAX bytes */
+    size_t cert_der_len;
 } store_cert;
 
 typedef struct {
     store_cert c;
     char *owned_;
+    unsigned char *der_owned_;
 } store_cert_row;
 
 void store_cert_row_clear(store_cert_row *row);
@@ -220,6 +223,27 @@ MID_RESULT store_cert_insert(store *st, const store_cert *c, const store_audit_e
  * for missing arguments or n out of range. */
 MID_RESULT store_cert_insert_many(store *st, const store_cert *certs, const store_audit_event *evs,
                                   size_t n, mid_result *results);
+
+/* store_cert_insert_many in two halves, so that the caller can go on
+ * working while the certificates are written (ca_issue_batch signs the
+ * next ones). _start validates exactly as store_cert_insert_many does,
+ * filling results[i] for every certificate refused on this thread, queues
+ * the rest as one writer request without waiting for it, and returns
+ * MID_E_OK with *out set; MID_E_INVALID with nothing queued and *out
+ * untouched for missing arguments or n out of range, MID_E_NOMEM likewise.
+ * Until the matching store_cert_batch_wait, `certs`, `evs`, the strings
+ * and bytes they point to and `results` must stay valid and unchanged,
+ * and nothing of the request is durable: no certificate may be handed out
+ * yet. store_cert_batch_wait(b) blocks until the request is committed (or
+ * failed), fills the remaining results[i], frees b and returns what
+ * store_cert_insert_many would have returned (this thread's last error
+ * then describes the first failed certificate). It must be called exactly
+ * once for every successful _start, before store_close. */
+typedef struct store_cert_batch store_cert_batch;
+MID_RESULT store_cert_insert_many_start(store *st, const store_cert *certs,
+                                        const store_audit_event *evs, size_t n,
+                                        mid_result *results, store_cert_batch **out);
+MID_RESULT store_cert_batch_wait(store_cert_batch *b);
 
 /* Reads one certificate by serial; MID_E_NOT_FOUND if absent. */
 MID_RESULT store_cert_get(store *st, const char *serial, store_cert_row *out);

@@ -19,6 +19,7 @@
 
 #include "lib/result.h"
 #include "storage/store.h"
+#include "storage/store_mesh.h"
 
 typedef struct store_backend store_backend;
 
@@ -130,6 +131,31 @@ struct store_backend {
     MID_RESULT (*agent_list)(store_conn *c, store_agent_row **rows, size_t *n);
     MID_RESULT (*agent_set_banned)(store_conn *c, const char *spiffe_id, int banned);
     MID_RESULT (*agent_touch)(store_conn *c, const char *spiffe_id, int64_t now);
+
+    /* ---- mesh resources (storage/store_mesh.h) ---- */
+    /* Adds 1 to the mesh revision and returns the new value. WRITER, inside
+     * a transaction. */
+    MID_RESULT (*mesh_revision_bump)(store_conn *c, int64_t *revision);
+    MID_RESULT (*mesh_revision)(store_conn *c, int64_t *revision);
+    /* The stored revision of one resource, 0 when it does not exist. */
+    MID_RESULT (*mesh_revision_of)(store_conn *c, const char *kind, const char *namespace_,
+                                   const char *name, int64_t *revision);
+    /* Inserts or replaces one validated resource with `revision`: a new row
+     * gets created_at = updated_at = now, a replaced one keeps created_at.
+     * WRITER, inside a transaction. */
+    MID_RESULT (*mesh_put)(store_conn *c, const char *kind, const char *namespace_,
+                           const char *name, const char *spec_json, int64_t revision,
+                           int64_t now);
+    /* Deletes one resource; MID_E_NOT_FOUND if absent. WRITER, in a transaction. */
+    MID_RESULT (*mesh_delete)(store_conn *c, const char *kind, const char *namespace_,
+                              const char *name);
+    /* One resource (owned copy); MID_E_NOT_FOUND if absent. */
+    MID_RESULT (*mesh_get)(store_conn *c, const char *kind, const char *namespace_,
+                           const char *name, store_mesh_row *out);
+    /* Resources of one kind (NULL: all) sorted by (kind, namespace, name)
+     * bytewise, and the mesh revision, from one snapshot. */
+    MID_RESULT (*mesh_list)(store_conn *c, const char *kind, store_mesh_row **rows, size_t *n,
+                            int64_t *revision);
 };
 
 /* The backends built into this library. */
@@ -144,6 +170,11 @@ MID_RESULT store_cert_row_copy(const store_cert *src, store_cert_row *dst);
 MID_RESULT store_entry_row_copy(const store_entry *src, store_entry_row *dst);
 MID_RESULT store_join_token_row_copy(const store_join_token *src, store_join_token_row *dst);
 MID_RESULT store_agent_row_copy(const store_agent *src, store_agent_row *dst);
+/* Fills *dst with owned copies of the strings (NULL stays NULL) and the
+ * times; on failure *dst is zeroed. */
+MID_RESULT store_mesh_row_fill(store_mesh_row *dst, const char *kind, const char *namespace_,
+                               const char *name, const char *spec_json, int64_t revision,
+                               int64_t created_at, int64_t updated_at);
 
 /* Appends one row to a growable array of `size`-byte rows (doubling from 8).
  * MID_E_NOMEM; on failure *v is unchanged. Returns a pointer to the new slot
@@ -165,7 +196,8 @@ const char *store_sqlite_migration_sql(int version);
 
 typedef struct {
     uint64_t writes;          /* records written: one per request, one per certificate
-                                 of a store_cert_insert_many request */
+                                 of a store_cert_insert_many request, one per change
+                                 of a store_mesh_apply request */
     uint64_t writes_failed;   /* of which failed (own error or failed batch) */
     uint64_t transactions;    /* batches committed */
     uint64_t commit_failures; /* batches whose BEGIN, head read or COMMIT failed */

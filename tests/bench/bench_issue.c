@@ -14,6 +14,9 @@
  *                  is what lets group commit amortise each fsync; the reference
  *                  for that row is the all-cores one (the CPUs are the same)
  *   BENCH_SECONDS  duration of each timed run (default 5)
+ *   BENCH_ROWS     comma-separated rows to run: single,parallel,server,batch
+ *                  (default: all; the references always run), e.g. to profile
+ *                  one row with perf
  *
  * A "batch" row has BENCH_THREADS threads each calling ca_issue_batch with
  * BENCH_BATCH (32) pre-generated CSRs at a time: the shape of agents'
@@ -34,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
@@ -94,6 +98,33 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* CPU time (user + system) of the whole process, every thread included:
+ * the callers, the store's writer and the kernel work they cause. */
+static double cpu_s(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return 0.0;
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+/* The process's write counters from /proc/self/io (Linux): bytes passed to
+ * write system calls, and bytes that reached the block layer. Zero when the
+ * file is not there. */
+static void io_counters(double *wchar, double *wbytes)
+{
+    *wchar = *wbytes = 0;
+    FILE *f = fopen("/proc/self/io", "r");
+    if (f == NULL) return;
+    char line[128];
+    while (fgets(line, sizeof line, f) != NULL) {
+        unsigned long long v = 0;
+        if (sscanf(line, "wchar: %llu", &v) == 1) *wchar = (double)v;
+        if (sscanf(line, "write_bytes: %llu", &v) == 1) *wbytes = (double)v;
+    }
+    fclose(f);
+}
+
 /* Positive integer from the environment, or `def` when unset; -1 when set to
  * something that is not a positive integer up to `max`. */
 static long env_long(const char *name, long def, long max)
@@ -129,6 +160,21 @@ static void rm_tree(const char *dir)
 {
     if (nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
         fprintf(stderr, "bench_issue: cannot walk %s: %s\n", dir, strerror(errno));
+}
+
+/* Whether row `name` is in the comma-separated list `rows` (NULL: all). */
+static int row_on(const char *rows, const char *name)
+{
+    if (rows == NULL || *rows == '\0') return 1;
+    size_t n = strlen(name);
+    for (const char *p = rows; *p != '\0';) {
+        const char *e = strchr(p, ',');
+        size_t len = e != NULL ? (size_t)(e - p) : strlen(p);
+        if (len == n && strncmp(p, name, n) == 0) return 1;
+        if (e == NULL) break;
+        p = e + 1;
+    }
+    return 0;
 }
 
 /* ---- fixtures ------------------------------------------------------------- */
@@ -324,6 +370,10 @@ static void *worker_main(void *arg)
 
 typedef struct {
     double rate;       /* successful ops per second */
+    double cpu_us;     /* process CPU time (user + system) per successful op */
+    double busy;       /* process CPU time / wall time: how many CPUs it kept busy */
+    double wbytes;     /* bytes handed to write()/pwrite() per successful op */
+    double dbytes;     /* bytes sent to the storage device per successful op */
     uint64_t ops;
     uint64_t failures;
 } run_result;
@@ -359,13 +409,16 @@ static int run_phase(work_kind kind, ca *c, const unsigned char *msg, worker_fix
         exit(1);
     }
     pthread_barrier_wait(&run.start);
-    double t0 = now_s();
+    double w0, d0, w1, d1;
+    io_counters(&w0, &d0);
+    double t0 = now_s(), c0 = cpu_s();
     struct timespec d = {.tv_sec = seconds, .tv_nsec = 0};
     while (nanosleep(&d, &d) != 0 && errno == EINTR) {
     }
     atomic_store(&run.stop, 1);
     for (int i = 0; i < nthreads; i++) pthread_join(tid[i], NULL);
-    double t1 = now_s();
+    double t1 = now_s(), c1 = cpu_s();
+    io_counters(&w1, &d1);
 
     for (int i = 0; i < nthreads; i++) {
         res->ops += w[i].ops;
@@ -375,6 +428,10 @@ static int run_phase(work_kind kind, ca *c, const unsigned char *msg, worker_fix
                     w[i].failures, w[i].first_error);
     }
     res->rate = (double)res->ops / (t1 - t0);
+    res->cpu_us = res->ops > 0 ? 1e6 * (c1 - c0) / (double)res->ops : 0.0;
+    res->busy = (c1 - c0) / (t1 - t0);
+    res->wbytes = res->ops > 0 ? (w1 - w0) / (double)res->ops : 0.0;
+    res->dbytes = res->ops > 0 ? (d1 - d0) / (double)res->ops : 0.0;
     ok = 1;
     pthread_barrier_destroy(&run.start);
     free(w);
@@ -435,19 +492,21 @@ static void batch_diff(const store_stats *a, const store_stats *b, batch_delta *
     d->max_batch = b->max_batch_seen;
 }
 
-static void print_batch(const char *label, const batch_delta *d)
+static void print_batch(const char *label, const batch_delta *d, const run_result *res)
 {
     printf("  store writes/transaction (%s): %.2f  (%" PRIu64 " writes in %" PRIu64
-           " commits, largest batch so far %" PRIu64 ")\n",
+           " commits, largest batch so far %" PRIu64 "); written per issuance: %.0f B by "
+           "write calls, %.0f B to the device\n",
            label, d->transactions ? (double)d->writes / (double)d->transactions : 0.0, d->writes,
-           d->transactions, d->max_batch);
+           d->transactions, d->max_batch, res->wbytes, res->dbytes);
 }
 
 static void print_row(const char *label, int threads, const run_result *ref, const run_result *iss)
 {
     double pct = ref->rate > 0 ? 100.0 * iss->rate / ref->rate : 0.0;
-    printf("  %-9s %7d %16.0f %18.0f %9.1f%%   %s\n", label, threads, ref->rate, iss->rate, pct,
-           pct >= BENCH_TARGET_PCT ? "met" : "NOT met");
+    printf("  %-9s %7d %16.0f %18.0f %9.1f%%   %-7s  %6.1f / %6.1f us  %4.2f / %4.2f\n", label,
+           threads, ref->rate, iss->rate, pct, pct >= BENCH_TARGET_PCT ? "met" : "NOT met",
+           ref->cpu_us, iss->cpu_us, ref->busy, iss->busy);
 }
 
 int main(void)
@@ -518,67 +577,88 @@ int main(void)
     printf("bench_issue: load average before the run %.2f\n", load[0]);
     fflush(stdout);
 
-    store_stats s0, s1, s2, s3, s4;
+    const char *rows = getenv("BENCH_ROWS");
+    int do_single = row_on(rows, "single"), do_par = nthreads > 1 && row_on(rows, "parallel");
+    int do_server = row_on(rows, "server"), do_batch = row_on(rows, "batch");
+    store_stats s0, s1;
     batch_delta b1 = {0}, bn = {0}, bf = {0}, bb = {0};
     if (!run_phase(WORK_REFERENCE, NULL, msg, fx, 1, seconds, &ref1)) {
         fail = 1;
         goto out;
     }
-    store_stats_get(st, &s0);
-    if (!run_phase(WORK_ISSUE, c, msg, fx, 1, seconds, &iss1)) {
-        fail = 1;
-        goto out;
-    }
-    store_stats_get(st, &s1);
-    batch_diff(&s0, &s1, &b1);
-    if (nthreads > 1) {
-        if (!run_phase(WORK_REFERENCE, NULL, msg, fx, (int)nthreads, seconds, &refn) ||
-            !run_phase(WORK_ISSUE, c, msg, fx, (int)nthreads, seconds, &issn)) {
+    if (do_single) {
+        store_stats_get(st, &s0);
+        if (!run_phase(WORK_ISSUE, c, msg, fx, 1, seconds, &iss1)) {
             fail = 1;
             goto out;
         }
-        store_stats_get(st, &s2);
-        batch_diff(&s1, &s2, &bn);
+        store_stats_get(st, &s1);
+        batch_diff(&s0, &s1, &b1);
+    }
+    if (nthreads > 1) {
+        if (!run_phase(WORK_REFERENCE, NULL, msg, fx, (int)nthreads, seconds, &refn)) {
+            fail = 1;
+            goto out;
+        }
     } else {
         refn = ref1;
-        s2 = s1;
     }
-    if (!run_phase(WORK_ISSUE, c, msg, fx, (int)inflight, seconds, &issf)) {
-        fail = 1;
-        goto out;
+    if (do_par) {
+        store_stats_get(st, &s0);
+        if (!run_phase(WORK_ISSUE, c, msg, fx, (int)nthreads, seconds, &issn)) {
+            fail = 1;
+            goto out;
+        }
+        store_stats_get(st, &s1);
+        batch_diff(&s0, &s1, &bn);
     }
-    store_stats_get(st, &s3);
-    batch_diff(&s2, &s3, &bf);
-    if (!run_phase(WORK_BATCH, c, msg, fx, (int)nthreads, seconds, &issb)) {
-        fail = 1;
-        goto out;
+    if (do_server) {
+        store_stats_get(st, &s0);
+        if (!run_phase(WORK_ISSUE, c, msg, fx, (int)inflight, seconds, &issf)) {
+            fail = 1;
+            goto out;
+        }
+        store_stats_get(st, &s1);
+        batch_diff(&s0, &s1, &bf);
     }
-    store_stats_get(st, &s4);
-    batch_diff(&s3, &s4, &bb);
+    if (do_batch) {
+        store_stats_get(st, &s0);
+        if (!run_phase(WORK_BATCH, c, msg, fx, (int)nthreads, seconds, &issb)) {
+            fail = 1;
+            goto out;
+        }
+        store_stats_get(st, &s1);
+        batch_diff(&s0, &s1, &bb);
+    }
 
     printf("\n  Issuance throughput (EC P-256; reference = 1 ECDSA sign + 1 verify, SHA-256)\n");
-    printf("  %-9s %7s %16s %18s %10s   %s\n", "run", "threads", "reference ops/s",
-           "meshid issues/s", "ratio", "target >= 50%");
-    print_row("single", 1, &ref1, &iss1);
-    if (nthreads > 1) {
+    printf("  %-9s %7s %16s %18s %10s   %-7s  %-18s  %s\n", "run", "threads", "reference ops/s",
+           "meshid issues/s", "ratio", ">= 50%", "CPU/op ref / meshid", "CPUs busy");
+    if (do_single) print_row("single", 1, &ref1, &iss1);
+    if (do_par) {
         print_row("parallel", (int)nthreads, &refn, &issn);
-        printf("  scaling: reference x%.2f, meshid x%.2f on %ld threads\n",
-               ref1.rate > 0 ? refn.rate / ref1.rate : 0.0,
-               iss1.rate > 0 ? issn.rate / iss1.rate : 0.0, nthreads);
+        if (do_single)
+            printf("  scaling: reference x%.2f, meshid x%.2f on %ld threads\n",
+                   ref1.rate > 0 ? refn.rate / ref1.rate : 0.0,
+                   iss1.rate > 0 ? issn.rate / iss1.rate : 0.0, nthreads);
     }
-    print_row("server", (int)inflight, &refn, &issf);
-    printf("  (server: %ld concurrent callers on %ld CPUs against the %ld-thread reference)\n",
-           inflight, ncpu, nthreads);
-    print_row("batch", (int)nthreads, &refn, &issb);
-    printf("  (batch: %ld threads, each ca_issue_batch of %d CSRs, against the %ld-thread "
-           "reference)\n",
-           nthreads, BENCH_BATCH, nthreads);
+    if (do_server) {
+        print_row("server", (int)inflight, &refn, &issf);
+        printf("  (server: %ld concurrent callers on %ld CPUs against the %ld-thread reference)\n",
+               inflight, ncpu, nthreads);
+    }
+    if (do_batch) {
+        print_row("batch", (int)nthreads, &refn, &issb);
+        printf("  (batch: %ld threads, each ca_issue_batch of %d CSRs, against the %ld-thread "
+               "reference)\n",
+               nthreads, BENCH_BATCH, nthreads);
+    }
 
     if (getloadavg(load, 1) == 1) printf("  load average after the run: %.2f\n", load[0]);
-    print_batch("single", &b1);
-    if (nthreads > 1) print_batch("parallel", &bn);
-    print_batch("server", &bf);
-    print_batch("batch", &bb);
+    if (do_single) print_batch("single", &b1, &iss1);
+    if (do_par) print_batch("parallel", &bn, &issn);
+    if (do_server) print_batch("server", &bf, &issf);
+    if (do_batch) print_batch("batch", &bb, &issb);
 
     uint64_t issued = iss1.ops + (nthreads > 1 ? issn.ops : 0) + issf.ops + issb.ops;
     uint64_t failed = ref1.failures + (nthreads > 1 ? refn.failures + issn.failures : 0) +

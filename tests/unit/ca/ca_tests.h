@@ -15,6 +15,7 @@
 int ca_test_keys(void);
 int ca_test_csr(void);
 int ca_test_x509(void);
+int ca_test_x509_der(void);
 int ca_test_issue(void);
 int ca_test_bundle(void);
 int ca_test_upstream(void);

@@ -9,6 +9,7 @@ int main(void)
     failed += ca_test_keys();
     failed += ca_test_csr();
     failed += ca_test_x509();
+    failed += ca_test_x509_der();
     failed += ca_test_issue();
     failed += ca_test_bundle();
     failed += ca_test_upstream();

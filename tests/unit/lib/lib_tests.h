@@ -6,5 +6,6 @@
 int run_result_tests(void);
 int run_timeutil_tests(void);
 int run_fsutil_tests(void);
+int run_pbjson_tests(void);
 
 #endif

@@ -7,5 +7,6 @@ int main(void)
     failed += run_result_tests();
     failed += run_timeutil_tests();
     failed += run_fsutil_tests();
+    failed += run_pbjson_tests();
     return failed == 0 ? 0 : 1;
 }

@@ -82,6 +82,10 @@ store_authority make_intermediate(void)
     return a;
 }
 
+/* Stands in for a certificate's DER (the store does not parse it); a NUL
+ * inside checks that it is kept as bytes, not as a string. */
+static const unsigned char LEAF_DER[] = {0x30, 0x06, 0x02, 0x01, 0x00, 0x04, 0x01, 0xff};
+
 store_cert make_cert(const char *serial, const char *spiffe_id)
 {
     store_cert c = {
@@ -93,7 +97,8 @@ store_cert make_cert(const char *serial, const char *spiffe_id)
         .authority_id = INTER_ID,
         .status = "valid",
         .issued_at = 1700000000,
-        .cert_pem = "-----BEGIN CERTIFICATE-----\nleaf\n-----END CERTIFICATE-----\n",
+        .cert_der = LEAF_DER,
+        .cert_der_len = sizeof LEAF_DER,
     };
     return c;
 }

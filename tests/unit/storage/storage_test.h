@@ -15,7 +15,7 @@
 #define ROOT_ID "a1"
 
 /* The schema version this build migrates to. */
-#define STORE_TEST_SCHEMA_LATEST 3
+#define STORE_TEST_SCHEMA_LATEST 5
 #define INTER_ID "b2"
 
 /* Asserts a mid_result is OK, printing the thread's last error if not. */
@@ -74,5 +74,6 @@ int run_tamper_tests(void);
 int run_registry_tests(void);
 int run_migration_tests(void);
 int run_authority_apply_tests(void);
+int run_mesh_store_tests(void);
 
 #endif

@@ -11,5 +11,6 @@ int main(void)
     failed += run_registry_tests();
     failed += run_migration_tests();
     failed += run_authority_apply_tests();
+    failed += run_mesh_store_tests();
     return failed == 0 ? 0 : 1;
 }

@@ -1,6 +1,9 @@
-/* storage: upgrading a database that an older meshid (schema version 1) left
- * behind, with data and an audit chain, to the current schema. */
+/* storage: upgrading a database that an older meshid (schema version 1, or
+ * 4: certificates as PEM) left behind, with data and an audit chain, to the
+ * current schema. */
+#include <openssl/evp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "storage/audit.h"
@@ -166,10 +169,177 @@ static void test_v2_constraints(void **state)
     tmpdb_cleanup(&t);
 }
 
+/* ---- version 4 -> 5: certificates as DER ------------------------------------ */
+
+/* A database at version `v` exactly as migrations 1..v create it. */
+static sqlite3 *build_version(const char *path, int v)
+{
+    sqlite3 *db = raw_open(path);
+    raw_exec(db, "PRAGMA journal_mode = WAL");
+    raw_exec(db, "BEGIN");
+    for (int i = 1; i <= v; i++) {
+        const char *sql = store_sqlite_migration_sql(i);
+        assert_non_null(sql);
+        raw_exec(db, sql);
+        char rec[160];
+        snprintf(rec, sizeof rec,
+                 "INSERT INTO schema_migrations VALUES (%d, 'v%d', 1700000000);"
+                 " PRAGMA user_version = %d; PRAGMA application_id = 1836280164",
+                 i, i, i);
+        raw_exec(db, rec);
+    }
+    return db;
+}
+
+/* `len` bytes of DER-like content that hit every byte value. */
+static void fake_der(unsigned char *out, size_t len, unsigned seed)
+{
+    for (size_t i = 0; i < len; i++) out[i] = (unsigned char)(i * 7u + seed);
+}
+
+/* PEM as meshid wrote it (64-character lines, `eol` after each). */
+static char *to_pem(const unsigned char *der, size_t len, const char *eol)
+{
+    size_t cap = 128 + (len + 2) / 3 * 4 * 2;
+    char *pem = malloc(cap);
+    assert_non_null(pem);
+    size_t o = (size_t)snprintf(pem, cap, "-----BEGIN CERTIFICATE-----%s", eol);
+    for (size_t at = 0; at < len; at += 48) {
+        size_t chunk = len - at < 48 ? len - at : 48;
+        o += (size_t)EVP_EncodeBlock((unsigned char *)pem + o, der + at, (int)chunk);
+        o += (size_t)snprintf(pem + o, cap - o, "%s", eol);
+    }
+    snprintf(pem + o, cap - o, "-----END CERTIFICATE-----%s", eol);
+    return pem;
+}
+
+static void raw_cert(sqlite3 *db, const char *serial, const char *cert_pem)
+{
+    sqlite3_stmt *s = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "INSERT INTO certificates VALUES (?1,"
+                                        " 'spiffe://example.org/w', '00112233445566778899aabbccdd"
+                                        "eeff00112233445566778899aabbccddeeff', 1700000000,"
+                                        " 4000000000, 'a1', 'valid', 1700000000, ?2)",
+                                        -1, &s, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_text(s, 1, serial, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, cert_pem, -1, SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(s), SQLITE_DONE);
+    sqlite3_finalize(s);
+}
+
+static void test_upgrade_from_v4(void **state)
+{
+    (void)state;
+    tmpdb t;
+    tmpdb_init(&t);
+    /* Lengths that give 0, 1 and 2 padding characters, one line and many. */
+    static const size_t lens[] = {1, 2, 3, 47, 48, 49, 300, 301, 302, 1500};
+    enum { NL = sizeof lens / sizeof lens[0] };
+    unsigned char der[NL][1500];
+    char serial[NL][8];
+
+    sqlite3 *db = build_version(t.db, 4);
+    raw_exec(db, "INSERT INTO authorities (id, kind, state, trust_domain, parent_id, cert_pem,"
+                 " not_before, not_after, created_at) VALUES ('a1', 'root', 'active',"
+                 " 'example.org', NULL, 'PEM', 1700000000, 1800000000, 1700000000)");
+    for (size_t i = 0; i < NL; i++) {
+        fake_der(der[i], lens[i], (unsigned)i);
+        char *pem = to_pem(der[i], lens[i], i % 2 ? "\r\n" : "\n");
+        snprintf(serial[i], sizeof serial[i], "%02zx", i + 1);
+        raw_cert(db, serial[i], pem);
+        free(pem);
+    }
+    /* Not PEM at all (written around meshid): kept as its bytes. */
+    raw_cert(db, "ee", "not a certificate");
+    raw_cert(db, "ef", "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n");
+    uint8_t prev[STORE_HASH_LEN] = {0};
+    for (int64_t seq = 1; seq <= 4; seq++) raw_audit(db, seq, "svid.issue", prev);
+    raw_exec(db, "COMMIT");
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM pragma_table_info('certificates')"
+                                 " WHERE name = 'cert_pem'"),
+                     1);
+    sqlite3_close(db);
+
+    store *st = open_store(&t, NULL);
+    assert_int_equal(store_schema_version(st), STORE_TEST_SCHEMA_LATEST);
+    for (size_t i = 0; i < NL; i++) {
+        store_cert_row row;
+        assert_mid_ok(store_cert_get(st, serial[i], &row));
+        assert_int_equal(row.c.cert_der_len, lens[i]);
+        assert_memory_equal(row.c.cert_der, der[i], lens[i]);
+        assert_string_equal(row.c.spiffe_id, "spiffe://example.org/w");
+        assert_string_equal(row.c.authority_id, "a1");
+        assert_int_equal(row.c.not_after, 4000000000);
+        store_cert_row_clear(&row);
+    }
+    store_cert_row row;
+    assert_mid_ok(store_cert_get(st, "ee", &row));
+    assert_int_equal(row.c.cert_der_len, strlen("not a certificate"));
+    assert_memory_equal(row.c.cert_der, "not a certificate", row.c.cert_der_len);
+    store_cert_row_clear(&row);
+    assert_mid_ok(store_cert_get(st, "ef", &row));
+    assert_int_equal(row.c.cert_der_len, strlen("-----BEGIN CERTIFICATE-----\n!!!!\n"
+                                                "-----END CERTIFICATE-----\n"));
+    store_cert_row_clear(&row);
+    int64_t live = 0;
+    assert_mid_ok(store_cert_count_live(st, "a1", 1700000000, &live));
+    assert_int_equal(live, NL + 2);
+
+    /* The chain is intact and continues; new certificates go in as DER. */
+    store_audit_verdict v;
+    assert_mid_ok(store_audit_verify(st, &v));
+    assert_int_equal(v.ok, 1);
+    assert_int_equal(v.events, 4);
+    store_cert c = make_cert("abcd", "spiffe://example.org/new");
+    c.authority_id = "a1";
+    store_audit_event ev = make_event("svid.issue", c.spiffe_id, c.serial);
+    assert_mid_ok(store_cert_insert(st, &c, &ev));
+    assert_mid_err(store_cert_insert(st, &c, &ev), MID_E_EXISTS); /* the key survived */
+    assert_mid_ok(store_audit_verify(st, &v));
+    assert_int_equal(v.ok, 1);
+    assert_int_equal(v.events, 5);
+    store_close(st);
+
+    db = raw_open(t.db);
+    assert_int_equal(raw_int(db, "PRAGMA user_version"), STORE_TEST_SCHEMA_LATEST);
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM schema_migrations WHERE version = 5"), 1);
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM certificates WHERE typeof(cert_der) <>"
+                                 " 'blob'"),
+                     0);
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM pragma_table_info('certificates')"
+                                 " WHERE name = 'cert_pem'"),
+                     0);
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM sqlite_schema WHERE type = 'index'"
+                                 " AND name = 'certificates_authority_id'"),
+                     1);
+    /* The schema refuses what the store refuses. */
+    char *err = NULL;
+    int rc = sqlite3_exec(db, "INSERT INTO certificates VALUES ('ab', 'spiffe://e/w', 'f', 1, 2,"
+                              " 'a1', 'valid', 1, 'text, not a blob')",
+                          NULL, NULL, &err);
+    sqlite3_free(err);
+    assert_int_equal(rc & 0xff, SQLITE_CONSTRAINT);
+    rc = sqlite3_exec(db, "INSERT INTO certificates VALUES ('ab', 'spiffe://e/w', 'f', 1, 2,"
+                          " 'a1', 'valid', 1, x'')",
+                      NULL, NULL, &err);
+    sqlite3_free(err);
+    assert_int_equal(rc & 0xff, SQLITE_CONSTRAINT);
+    sqlite3_close(db);
+
+    /* Reopening migrates nothing more. */
+    st = open_store(&t, NULL);
+    assert_int_equal(store_schema_version(st), STORE_TEST_SCHEMA_LATEST);
+    store_close(st);
+    tmpdb_cleanup(&t);
+}
+
 int run_migration_tests(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_upgrade_from_v1),
+        cmocka_unit_test(test_upgrade_from_v4),
         cmocka_unit_test(test_v2_constraints),
     };
     return cmocka_run_group_tests_name("migration", tests, NULL, NULL);

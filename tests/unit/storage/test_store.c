@@ -316,7 +316,8 @@ static void test_cert_roundtrip_and_count(void **state)
     assert_string_equal(row.c.authority_id, INTER_ID);
     assert_string_equal(row.c.status, "valid");
     assert_int_equal(row.c.issued_at, c.issued_at);
-    assert_string_equal(row.c.cert_pem, c.cert_pem);
+    assert_int_equal(row.c.cert_der_len, c.cert_der_len);
+    assert_memory_equal(row.c.cert_der, c.cert_der, c.cert_der_len);
     store_cert_row_clear(&row);
     assert_mid_err(store_cert_get(st, "ffff", &row), MID_E_NOT_FOUND);
 
@@ -357,14 +358,21 @@ static void test_cert_roundtrip_and_count(void **state)
     bad = make_cert("04", "spiffe://example.org/d");
     bad.not_after = bad.not_before - 1;
     assert_mid_err(store_cert_insert(st, &bad, NULL), MID_E_INVALID);
-    char *pem = malloc(STORE_PEM_MAX + 2);
-    assert_non_null(pem);
-    memset(pem, 'p', STORE_PEM_MAX + 1);
-    pem[STORE_PEM_MAX + 1] = '\0';
+    unsigned char *der = calloc(1, STORE_CERT_DER_MAX + 1);
+    assert_non_null(der);
     bad = make_cert("04", "spiffe://example.org/d");
-    bad.cert_pem = pem;
+    bad.cert_der = der;
+    bad.cert_der_len = STORE_CERT_DER_MAX + 1;
     assert_mid_err(store_cert_insert(st, &bad, NULL), MID_E_TOO_LARGE);
-    free(pem);
+    bad.cert_der_len = STORE_CERT_DER_MAX; /* the limit itself is fine */
+    assert_mid_ok(store_cert_insert(st, &bad, NULL));
+    free(der);
+    bad = make_cert("06", "spiffe://example.org/d");
+    bad.cert_der = NULL;
+    assert_mid_err(store_cert_insert(st, &bad, NULL), MID_E_INVALID);
+    bad = make_cert("06", "spiffe://example.org/d");
+    bad.cert_der_len = 0;
+    assert_mid_err(store_cert_insert(st, &bad, NULL), MID_E_INVALID);
     /* The event is validated before anything is queued. */
     store_audit_event bad_ev = make_event("svid.issue", NULL, NULL);
     bad_ev.details = "[]";
