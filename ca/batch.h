@@ -1,14 +1,17 @@
-/* Batch issuance: many X.509-SVIDs for the price of one store write.
+/* Batch issuance: many X.509-SVIDs for the price of a few store writes.
  *
  * Each request is validated, CSR-verified, signed and (when refused)
- * audited exactly as ca_issue does it, on the calling thread; then every
- * certificate that was signed is recorded, with its "svid.issue" event, in
- * ONE store request (store_cert_insert_many: one queue entry, one
- * transaction, one wake-up). Nothing is handed out before that commit.
- * This is what a server answering an agent's BatchSignX509SVID wants: the
- * durable write, the dominant cost of a lone issuance, is paid once per
- * batch instead of once per certificate. Call it from several threads with
- * one chunk each to use every core (sds/node_service.c does).
+ * audited exactly as ca_issue does it, on the calling thread. Every 8
+ * signed certificates (CA_BATCH_STEP in batch.c) are queued, with their
+ * "svid.issue" events, as ONE store request (store_cert_insert_many_start:
+ * one queue entry, one wake-up; the writer folds whatever is queued into
+ * one transaction) while the thread signs the next ones, so the durable
+ * write overlaps the signing instead of following it. Nothing is handed
+ * out before its request is committed. This is what a server answering an
+ * agent's BatchSignX509SVID wants: the durable write, the dominant cost of
+ * a lone issuance, is shared by many certificates and mostly hidden. Call
+ * it from several threads with one chunk each to use every core
+ * (sds/node_service.c does).
  */
 #ifndef MESHID_CA_BATCH_H
 #define MESHID_CA_BATCH_H

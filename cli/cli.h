@@ -76,7 +76,7 @@ int cmd_xds(cli_ctx *ctx, int argc, char **argv);
  * started it prints "xDS (plaintext ADS) on HOST:PORT" on stdout. */
 struct mesh_plane;
 typedef struct {
-    const char *xds_listen;   /* NULL: 127.0.0.1:15010; "off": none */
+    const char *xds_listen;   /* NULL: 127.0.0.1:15010; "off": none (meshid server's default) */
     const char *watch_dir;    /* NULL: none */
     struct mesh_plane *plane; /* set while the server runs */
 } cli_mesh_plane;

@@ -25,8 +25,9 @@ int cmd_server(cli_ctx *ctx, int argc, char **argv)
                                          {"watch-dir", required_argument, NULL, 'w'},
                                          {NULL, 0, NULL, 0}};
     server_opts o = {.data_dir = ctx->data_dir};
-    /* the mesh control plane rides on the server */
-    cli_mesh_plane mp = {0};
+    /* the mesh control plane rides on the server; its plaintext xDS port
+     * trusts the node's own claim of identity, so it is only opened on request */
+    cli_mesh_plane mp = {.xds_listen = "off"};
     mid_result r;
     optind = 0;
     opterr = 0;

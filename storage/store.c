@@ -396,6 +396,9 @@ static void fail_pending(store_req **b, size_t n, const carried_err *e)
 }
 
 #include <time.h> /* H7TEMP */
+#include <sys/resource.h> /* H7TEMP */
+#include <sys/syscall.h> /* H7TEMP */
+#include <unistd.h> /* H7TEMP */
 static double h7_apply, h7_commit, h7_wait, h7_wake, h7_batches; /* H7TEMP */
 static double h7_now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; } /* H7TEMP */
 static double h7_cpu(void) { struct timespec t; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t); return t.tv_sec + t.tv_nsec / 1e9; } /* H7TEMP */
@@ -438,6 +441,7 @@ static void *writer_main(void *arg)
 {
     store *st = arg;
     (void)pthread_setname_np(pthread_self(), "store-writer"); /* for top -H, perf */
+    if (getenv("H7_WNICE")) { if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), atoi(getenv("H7_WNICE"))) != 0) perror("setpriority"); } /* H7TEMP */
     pthread_mutex_lock(&st->mu);
     for (;;) {
         double h7w0 = h7_now(); /* H7TEMP */

@@ -15,8 +15,8 @@
  *           An ACK hook on the ADS server records, per stream and type, the
  *           version each client ACKed and when.
  *   clients a child forked before anything else exists (no gRPC, no SQLite
- *           in it), on its own rpc loop: BENCH_CLIENTS SotW ADS streams
- *           behaving like Envoy sidecars. Client i is the node
+ *           in it), on its own rpc loop: BENCH_CLIENTS SotW (or delta) ADS
+ *           streams behaving like Envoy sidecars. Client i is the node
  *           spiffe://bench.local/ns/bench/sa/sa-(i mod services), so its
  *           identity runs registered endpoints. It asks for CDS (wildcard),
  *           then EDS for every EDS cluster it received, LDS (wildcard), then
@@ -31,8 +31,9 @@
  * just before the admin call until the stream ACKed an EDS version other
  * than the one it held. p50/p99/max over all (stream, change) samples, the
  * stages of a change (admin call, registry reload installed, pushes queued),
- * server CPU time (process and loop thread) and peak RSS (VmHWM) before
- * the clients, after the initial sync and at the end.
+ * server CPU time (process and loop thread), peak RSS (VmHWM) and malloc's
+ * view (in use / held) before the clients, after the initial sync and at
+ * the end.
  *
  * Environment:
  *   BENCH_SERVICES            services (default 1000)
@@ -47,11 +48,13 @@
  *   BENCH_SYNC_TIMEOUT_S      limit for the initial sync (default 600)
  *   BENCH_DELTA               1: the clients use DeltaAggregatedResources
  *                             (incremental xDS) instead of SotW (default 0)
+ *   BENCH_VERBOSE             1: one line per change (stages, CPU, RSS)
  *
  * Exit status: 0 whatever the figures (timing is never asserted); 1 on a
  * functional failure: set-up failed, a client stream ended, was refused or
- * received something it could not decode, a NACK, the initial sync did
- * not complete within BENCH_SYNC_TIMEOUT_S or a change did not reach every
+ * received something it could not decode, the server counted a NACK or
+ * ended a stream, the client process died, the initial sync did not
+ * complete within BENCH_SYNC_TIMEOUT_S or a change did not reach every
  * stream within 120 s. See docs/bench.md, "xDS push latency".
  */
 #include <errno.h>
@@ -122,11 +125,21 @@ typedef Envoy__Service__Discovery__V3__DeltaDiscoveryResponse delta_resp;
 typedef Envoy__Config__Cluster__V3__Cluster cluster_msg;
 typedef Envoy__Config__Listener__V3__Listener listener_msg;
 typedef Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager hcm_msg;
+#define hcm_unpack \
+    envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__unpack
+#define hcm_free_unpacked                                                                       \
+    envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__free_unpacked
+#define HCM_RDS \
+    ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__ROUTE_SPECIFIER_RDS
+#define CLUSTER_HAS_TYPE ENVOY__CONFIG__CLUSTER__V3__CLUSTER__CLUSTER_DISCOVERY_TYPE_TYPE
+#define CLUSTER_EDS ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__EDS
+#define FILTER_TYPED ENVOY__CONFIG__LISTENER__V3__FILTER__CONFIG_TYPE_TYPED_CONFIG
 
 typedef struct {
     long services, endpoints, clients, changes, per_channel, service_port, debounce_ms, sync_s;
     long nch;
-    bool delta; /* DeltaAggregatedResources instead of SotW */
+    bool delta;   /* DeltaAggregatedResources instead of SotW */
+    bool verbose; /* one line per change */
 } cfg;
 
 /* ---- small helpers ------------------------------------------------------------------ */
@@ -245,6 +258,18 @@ static void heap_use(double *in_use_mib, double *held_mib)
     struct mallinfo2 mi = mallinfo2();
     *in_use_mib = (double)(mi.uordblks + mi.hblkhd) / 1048576.0;
     *held_mib = (double)(mi.arena + mi.hblkhd) / 1048576.0;
+}
+
+/* The first field of /proc/loadavg (the 1-minute load); -1 when unreadable. */
+static double loadavg1(void)
+{
+    FILE *f = fopen("/proc/loadavg", "r");
+    double v = -1;
+    if (f != NULL) {
+        if (fscanf(f, "%lf", &v) != 1) v = -1;
+        fclose(f);
+    }
+    return v;
 }
 
 static double tv_s(struct timeval t) { return (double)t.tv_sec + (double)t.tv_usec / 1e6; }
@@ -399,8 +424,7 @@ static bool seed_in_child(const char *db, const cfg *c, double *secs)
         int64_t rev = 0;
         mid_result r = seed_registry(db, c, &rev);
         if (!mid_is_ok(r)) report_err("writing the registry", r);
-        fflush(stderr);
-        _exit(mid_is_ok(r) ? 0 : 1);
+        exit(mid_is_ok(r) ? 0 : 1); /* nothing but this ran in the child: exit() is safe */
     }
     int st = 0;
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
@@ -536,8 +560,7 @@ static bool decode_clusters(cproc *cp, const rview *r, nameset *ns)
             return false;
         }
         bool ok = true;
-        if (c->cluster_discovery_type_case == ENVOY__CONFIG__CLUSTER__V3__CLUSTER__CLUSTER_DISCOVERY_TYPE_TYPE &&
-            c->type == ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__EDS) {
+        if (c->cluster_discovery_type_case == CLUSTER_HAS_TYPE && c->type == CLUSTER_EDS) {
             const char *sn = c->eds_cluster_config && c->eds_cluster_config->service_name &&
                                      c->eds_cluster_config->service_name[0]
                                  ? c->eds_cluster_config->service_name
@@ -568,19 +591,17 @@ static bool decode_listeners(cproc *cp, const rview *r, nameset *ns, size_t *cap
             const Envoy__Config__Listener__V3__FilterChain *fc = l->filter_chains[c];
             for (size_t f = 0; ok && f < fc->n_filters; f++) {
                 const Envoy__Config__Listener__V3__Filter *flt = fc->filters[f];
-                if (flt->config_type_case != ENVOY__CONFIG__LISTENER__V3__FILTER__CONFIG_TYPE_TYPED_CONFIG ||
+                if (flt->config_type_case != FILTER_TYPED ||
                     flt->typed_config == NULL || strcmp(flt->typed_config->type_url, HCM_TYPE_URL) != 0)
                     continue;
-                hcm_msg *h = envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__unpack(
-                    NULL, flt->typed_config->value.len, flt->typed_config->value.data);
+                hcm_msg *h = hcm_unpack(NULL, flt->typed_config->value.len, flt->typed_config->value.data);
                 if (h == NULL) {
                     cp_fail(cp, "cannot decode the HttpConnectionManager of listener %s", l->name);
                     ok = false;
                     break;
                 }
-                if (h->route_specifier_case ==
-                        ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__ROUTE_SPECIFIER_RDS &&
-                    h->rds && h->rds->route_config_name && h->rds->route_config_name[0]) {
+                if (h->route_specifier_case == HCM_RDS && h->rds && h->rds->route_config_name &&
+                    h->rds->route_config_name[0]) {
                     if (ns->n == *cap) {
                         size_t nc = *cap ? 2 * *cap : 8;
                         char **g = realloc(ns->names, nc * sizeof *g);
@@ -593,7 +614,7 @@ static bool decode_listeners(cproc *cp, const rview *r, nameset *ns, size_t *cap
                     if (ok) ok = nameset_add(ns, h->rds->route_config_name);
                     if (!ok) cp_fail(cp, "out of memory");
                 }
-                envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__free_unpacked(h, NULL);
+                hcm_free_unpacked(h, NULL);
             }
         }
         envoy__config__listener__v3__listener__free_unpacked(l, NULL);
@@ -1179,6 +1200,7 @@ typedef struct {
     int64_t *lat; /* [change][stream] ns from t0 */
     size_t n_lat;
     int64_t t_child_stop;
+    double load_start, load_end; /* 1-minute load average of the machine */
 } driver;
 
 static bool fatal_now(bench *b) { return atomic_load_explicit(&b->fatal, memory_order_acquire) != 0; }
@@ -1285,7 +1307,8 @@ static bool run_change(driver *d, int k)
     long n = ((long)k * step) % c->services;
     cr->svc = (size_t)n;
     /* baselines: nothing is pushed between changes */
-    for (size_t i = 0; i < b->n_ss; i++) atomic_store(&b->ss[i].base_eds, atomic_load(&b->ss[i].ver[XDS_EDS]));
+    for (size_t i = 0; i < b->n_ss; i++)
+        atomic_store(&b->ss[i].base_eds, atomic_load(&b->ss[i].ver[XDS_EDS]));
     atomic_store(&b->n_done, 0);
     atomic_store(&b->base_rev, atomic_load(&b->cur_rev));
     atomic_store(&b->base_pushes, atomic_load(&b->cur_pushes));
@@ -1397,6 +1420,14 @@ static void *driver_main(void *arg)
     for (int k = 0; k < c->changes; k++) {
         if (!run_change(d, k)) goto out;
         d->n_changes_done = k + 1;
+        if (c->verbose) {
+            const change_rec *cr = &d->ch[k];
+            printf("  change %2d svc-%-5zu call %6.1f  reload %6.1f  pushed %6.1f  first %6.1f  last "
+                   "%6.1f ms  CPU %.3f s (loop %.3f s)  RSS %.1f MiB\n",
+                   k + 1, cr->svc, ms(cr->t_call), ms(cr->t_rev), ms(cr->t_pushed), ms(cr->t_first),
+                   ms(cr->t_last), cr->cpu_s, cr->loop_cpu_s, (double)proc_status_kb("VmRSS") / 1024.0);
+            fflush(stdout);
+        }
     }
     d->ok = 1;
 out:
@@ -1406,6 +1437,7 @@ out:
     d->rss_end = proc_status_kb("VmRSS");
     heap_use(&d->heap_end, &d->held_end);
     d->t_child_stop = now_ns();
+    d->load_end = loadavg1();
     stop_child(b);
     /* the server sees the streams end: wait for it, so the stats are final */
     for (int i = 0; i < 2000 && atomic_load(&b->cur_streams) > 0; i++) sleep_ms(5);
@@ -1519,8 +1551,10 @@ static void print_report(const driver *d, const bench *b, long ncpu, long nofile
     if (b->child_stats[0])
         printf("client process (resp/res/MiB per type CDS/EDS/LDS/RDS): %s\n", b->child_stats);
     printf("setup: %ld services x %ld endpoints (registry written in %.1f s), %ld clients on %ld "
-           "connection(s), %ld online CPUs, RLIMIT_NOFILE %ld\n",
-           c->services, c->endpoints, seed_s, c->clients, c->nch, ncpu, nofile);
+           "connection(s), %ld online CPUs, RLIMIT_NOFILE %ld; machine load average %.2f at the "
+           "start, %.2f at the end (this bench itself keeps ~1-1.5 CPUs busy)\n",
+           c->services, c->endpoints, seed_s, c->clients, c->nch, ncpu, nofile, d->load_start,
+           d->load_end);
 }
 
 /* ---- main --------------------------------------------------------------------------------- */
@@ -1535,6 +1569,8 @@ static bool load_cfg(cfg *c)
     c->service_port = env_long("BENCH_SERVICE_PORT", 80, 65535);
     c->debounce_ms = getenv("BENCH_DEBOUNCE_MS") ? env_long("BENCH_DEBOUNCE_MS", 0, 60000) : 0;
     c->sync_s = env_long("BENCH_SYNC_TIMEOUT_S", 600, 86400);
+    const char *vb = getenv("BENCH_VERBOSE");
+    c->verbose = vb != NULL && strcmp(vb, "1") == 0;
     const char *dm = getenv("BENCH_DELTA");
     c->delta = dm != NULL && strcmp(dm, "1") == 0;
     if (dm != NULL && *dm != '\0' && strcmp(dm, "0") != 0 && strcmp(dm, "1") != 0) {
@@ -1620,9 +1656,9 @@ int main(void)
     if (b.child == 0) {
         close(ctl[1]);
         close(stp[0]);
-        int rc = client_main(&c, ctl[0], stp[1]);
-        fflush(NULL);
-        _exit(rc);
+        /* forked before this process had gRPC or SQLite state: exit() is
+         * safe and lets sanitizer builds check the client for leaks */
+        exit(client_main(&c, ctl[0], stp[1]));
     }
     close(ctl[0]);
     close(stp[1]);
@@ -1688,6 +1724,7 @@ int main(void)
         goto out;
     }
     d.hwm_before = proc_status_kb("VmHWM");
+    d.load_start = loadavg1();
     heap_use(&d.heap_before, &d.held_before);
     if (pthread_getcpuclockid(pthread_self(), &d.loop_clock) != 0) d.loop_clock = CLOCK_THREAD_CPUTIME_ID;
     d.loop_cpu_start = thread_cpu_ns(d.loop_clock);
@@ -1708,6 +1745,14 @@ int main(void)
     if (!mid_is_ok(r = rpc_loop_run(b.loop))) report_err("rpc_loop_run", r);
     pthread_join(dtid, NULL);
     have_driver = 0;
+    if (b.final.nacks > 0 || b.final.aborted > 0 || atomic_load(&b.bad_versions) > 0) {
+        char msg[256];
+        snprintf(msg, sizeof msg,
+                 "the ADS server counted %" PRIu64 " NACK(s) and ended %" PRIu64
+                 " stream(s); %d ACK(s) carried a malformed version",
+                 b.final.nacks, b.final.aborted, atomic_load(&b.bad_versions));
+        set_fatal(&b, msg);
+    }
     fail = !d.ok || fatal_now(&b);
     print_report(&d, &b, ncpu, nofile, seed_s);
     if (fail)

@@ -95,7 +95,7 @@ expect_rc 1 envoy bootstrap --node n1 --trust-domain 'Bad_TD'
 expect_rc 1 envoy bootstrap --node n1 --agent-socket "/$(printf 'x%.0s' $(seq 120))"
 
 step "--service takes the identity of the service's endpoints from the registry"
-m server --listen 127.0.0.1:0 >"$WORK/server.out" 2>"$WORK/server.err" &
+"$MESHID" --data-dir "$DATA" server --listen 127.0.0.1:0 >"$WORK/server.out" 2>"$WORK/server.err" &
 SPID=$!
 trap 'kill $SPID 2>/dev/null || true; wait $SPID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 for _ in $(seq 100); do grep -q 'node API' "$WORK/server.out" 2>/dev/null && break; sleep 0.1; done

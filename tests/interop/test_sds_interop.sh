@@ -15,7 +15,7 @@ fail() { echo "FAIL: $*" >&2; [ -f "$WORK/out" ] && cat "$WORK/out" >&2; exit 1;
 SDS="node $ROOT/tests/interop/sds_client.js"
 WL="node $ROOT/tests/interop/workload_client.js"
 
-"$MESHID" --data-dir "$WORK/var" dev --trust-domain interop.test --listen 127.0.0.1:0 \
+"$MESHID" --data-dir "$WORK/var" dev --trust-domain interop.test --listen 127.0.0.1:0 --xds-listen 127.0.0.1:0 \
   >"$WORK/dev.out" 2>"$WORK/dev.err" &
 DEV_PID=$!
 SOCK="$WORK/var/run/agent.sock"

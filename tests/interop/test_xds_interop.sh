@@ -35,7 +35,7 @@ ID_REVIEWS="spiffe://$TD/ns/default/sa/bookinfo-reviews"
 step "ca init, server with a plaintext xDS port"
 m ca init --trust-domain "$TD" >/dev/null
 m bundle show >"$WORK/bundle.pem"
-m server --listen 127.0.0.1:0 --xds-listen 127.0.0.1:0 >"$WORK/server.out" 2>"$WORK/server.err" &
+"$MESHID" --data-dir "$D" server --listen 127.0.0.1:0 --xds-listen 127.0.0.1:0 >"$WORK/server.out" 2>"$WORK/server.err" &
 pids+=($!)
 for _ in $(seq 150); do grep -q 'node API' "$WORK/server.out" 2>/dev/null && break; sleep 0.1; done
 grep -q 'node API' "$WORK/server.out" || fail "server did not start"
