@@ -1,17 +1,18 @@
-/* Batch issuance: many X.509-SVIDs for the price of a few store writes.
+/* Batch issuance: many X.509-SVIDs for the price of one store write.
  *
  * Each request is validated, CSR-verified, signed and (when refused)
- * audited exactly as ca_issue does it, on the calling thread. Every 8
- * signed certificates (CA_BATCH_STEP in batch.c) are queued, with their
- * "svid.issue" events, as ONE store request (store_cert_insert_many_start:
- * one queue entry, one wake-up; the writer folds whatever is queued into
- * one transaction) while the thread signs the next ones, so the durable
- * write overlaps the signing instead of following it. Nothing is handed
- * out before its request is committed. This is what a server answering an
- * agent's BatchSignX509SVID wants: the durable write, the dominant cost of
- * a lone issuance, is shared by many certificates and mostly hidden. Call
+ * audited exactly as ca_issue does it; then every certificate that was
+ * signed is recorded, with its "svid.issue" event, in ONE store request
+ * (store_cert_insert_many_start: one queue entry, one transaction shared
+ * with whatever else is queued, one wake-up). Nothing is handed out before
+ * that commit. This is what a server answering an agent's
+ * BatchSignX509SVID wants: the durable write, the dominant cost of a lone
+ * issuance, is paid once per batch instead of once per certificate. Call
  * it from several threads with one chunk each to use every core
- * (sds/node_service.c does).
+ * (sds/node_service.c does): calls on one handle share their work, a thread
+ * whose own requests are all taken or being written signs requests of
+ * another call instead of sleeping (see ca/batch.c and docs/ca.md,
+ * "Batches"), so a core is not left idle while a chunk is written.
  */
 #ifndef MESHID_CA_BATCH_H
 #define MESHID_CA_BATCH_H
@@ -33,11 +34,13 @@ typedef struct {
  * what ca_issue would have returned for reqs[i] and out[i] the SVID on
  * success (owned by the caller: ca_svid_free), NULL otherwise. Refusals are
  * audited as "svid.refuse" exactly as ca_issue audits them, certificates
- * the store could not record included. Returns MID_E_OK when all n were
- * issued, otherwise the first failed item's error (this thread's last error
- * then describes it); MID_E_INVALID with nothing issued, nothing audited
- * and the arrays untouched for missing arguments or n out of range. Safe
- * to call from many threads at once on one handle. */
+ * the store could not record included (some of them possibly on another
+ * thread inside ca_issue_batch on the same handle, which signed that
+ * request). Returns MID_E_OK when all n were issued, otherwise the first
+ * failed item's error (this thread's last error then describes it);
+ * MID_E_INVALID with nothing issued, nothing audited and the arrays
+ * untouched for missing arguments or n out of range. Safe to call from many
+ * threads at once on one handle; `reqs` must stay valid until it returns. */
 MID_RESULT ca_issue_batch(ca *c, const ca_issue_req *reqs, size_t n, ca_svid **out,
                           mid_result *results);
 

@@ -298,6 +298,12 @@ MID_RESULT ca_open(store *st, const char *data_dir, ca **out)
     c = calloc(1, sizeof *c);
     MID_CHECK_MEM(r, c);
     c->st = st;
+    MID_CHECK(r, pthread_mutex_init(&c->help_mu, NULL) == 0, MID_E_NOMEM, "cannot create a mutex");
+    if (pthread_cond_init(&c->help_cv, NULL) != 0) {
+        pthread_mutex_destroy(&c->help_mu);
+        MID_CHECK(r, 0, MID_E_NOMEM, "cannot create a condition variable");
+    }
+    c->help_init = 1;
     MID_TRY(r, store_authority_list(st, &rows, &n));
     MID_CHECK(r, n > 0, MID_E_NOT_FOUND,
               "no certificate authority in the store yet (run `meshid ca init`)");
@@ -326,6 +332,10 @@ void ca_close(ca *c)
     sk_X509_pop_free(c->chain, X509_free);
     sk_X509_pop_free(c->anchors, X509_free);
     ca_x509_issuer_clear(&c->issuer);
+    if (c->help_init) {
+        pthread_cond_destroy(&c->help_cv);
+        pthread_mutex_destroy(&c->help_mu);
+    }
     free(c->chain_pem);
     free(c->root_cross_pem);
     free(c);

@@ -5,13 +5,17 @@
 
 #include <openssl/evp.h>
 #include <openssl/x509.h>
+#include <pthread.h>
 
 #include "ca/ca.h"
 #include "ca/x509.h"
 #include "identity/spiffe_id.h"
 
+typedef struct ca_batch_call ca_batch_call; /* ca/batch.c */
+
 /* Everything here is written once by ca_open and only read afterwards, which
- * is what makes concurrent ca_issue calls safe. */
+ * is what makes concurrent ca_issue calls safe; except the help list of
+ * ca_issue_batch, which is guarded by help_mu. */
 struct ca {
     store *st;                                /* borrowed */
     char trust_domain[SPIFFE_TD_MAX + 1];
@@ -27,6 +31,10 @@ struct ca {
     char *chain_pem;                          /* cert then chain, appended to every leaf */
     char *root_cross_pem;                     /* the root's chain_pem: cross-certificate(s)
                                                  to the previous root, "" if none */
+    pthread_mutex_t help_mu;                  /* guards help_head and the calls on it */
+    pthread_cond_t help_cv;                   /* work listed, a call's work finished */
+    ca_batch_call *help_head;                 /* ca_issue_batch calls with unstarted requests */
+    int help_init;                            /* help_mu and help_cv are initialised */
 };
 
 /* Authority states that keep a root in the trust bundle. */

@@ -230,21 +230,12 @@ mid_result ca_issue_refused(ca *c, const ca_issue_req *req, mid_result r)
 }
 
 
-#include <semaphore.h> /* H7TEMP */
-#include <pthread.h> /* H7TEMP */
-#include <unistd.h> /* H7TEMP */
-static sem_t h7_sem; static int h7_limit; static pthread_once_t h7_once = PTHREAD_ONCE_INIT; /* H7TEMP */
-static void h7_init(void) { const char *e = getenv("H7_LIMIT"); h7_limit = e ? atoi(e) : 0; if (h7_limit) sem_init(&h7_sem, 0, (unsigned)h7_limit); } /* H7TEMP */
-static void h7_sem_init(void) { pthread_once(&h7_once, h7_init); } /* H7TEMP */
 
 MID_RESULT ca_issue(ca *c, const ca_issue_req *req, ca_svid **out)
 {
     MID_ENSURE(c != NULL && req != NULL && out != NULL, MID_E_INVALID, "missing arguments");
     ca_issue_prep p = {0};
-    h7_sem_init(); /* H7TEMP */
-    if (h7_limit) while (sem_wait(&h7_sem) != 0) {} /* H7TEMP */
     mid_result r = ca_issue_prepare(c, req, &p);
-    if (h7_limit) sem_post(&h7_sem); /* H7TEMP */
     /* The certificate leaves this function only once its row and its audit
      * event are durable. */
     if (mid_is_ok(r)) r = store_cert_insert(c->st, &p.cert, &p.ev);

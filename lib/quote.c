@@ -1,6 +1,7 @@
 #include "lib/quote.h"
 
 #include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
 
 void quote_bytes(const char *s, size_t len, char *out, size_t cap)
@@ -32,4 +33,21 @@ void quote_bytes(const char *s, size_t len, char *out, size_t cap)
 void quote_str(const char *s, char *out, size_t cap)
 {
     quote_bytes(s, s != NULL ? strnlen(s, QUOTE_MAX + 1) : 0, out, cap);
+}
+
+const char *quote_printable(const char *s, size_t max, char *buf, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; s && s[i] && o + 5 < cap; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (i >= max) {
+            memcpy(buf + o, "...", 3);
+            o += 3;
+            break;
+        }
+        if (c >= 0x20 && c < 0x7f && c != '\\') buf[o++] = (char)c;
+        else o += (size_t)snprintf(buf + o, cap - o, "\\x%02x", c);
+    }
+    buf[o] = '\0';
+    return buf;
 }

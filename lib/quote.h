@@ -16,4 +16,12 @@ void quote_bytes(const char *s, size_t len, char *out, size_t cap);
 /* The same for a NUL-terminated string (NULL quotes as ""). */
 void quote_str(const char *s, char *out, size_t cap);
 
+/* Client-supplied text made safe for a log line or a status message, for the
+ * xDS/SDS servers: writes `s` (NULL: "") into buf, cap bytes with the NUL, as
+ * printable ASCII: bytes outside 0x20..0x7e and '\' become \xHH (the quote
+ * is kept, unlike quote_str), and after `max` input bytes the rest becomes
+ * "...". A cap of max * 4 + 8 always holds the whole result; a smaller one
+ * truncates. Always NUL-terminates (cap >= 1). Returns buf. */
+const char *quote_printable(const char *s, size_t max, char *buf, size_t cap);
+
 #endif

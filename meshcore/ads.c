@@ -33,7 +33,9 @@
 #include <openssl/rand.h>
 
 #include "envoy/service/discovery/v3/discovery.pb-c.h"
+#include "lib/hash.h"
 #include "lib/log.h"
+#include "lib/quote.h"
 
 typedef Envoy__Service__Discovery__V3__DiscoveryRequest disc_req;
 typedef Envoy__Service__Discovery__V3__DiscoveryResponse disc_resp;
@@ -259,19 +261,7 @@ static void resume_waiters(ads_server *a)
 /* Client-supplied text made safe for logs and statuses (truncated). */
 static const char *printable(const char *s, char *buf, size_t cap)
 {
-    size_t o = 0;
-    for (size_t i = 0; s && s[i] && o + 5 < cap; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (i >= PRINT_MAX) {
-            memcpy(buf + o, "...", 3);
-            o += 3;
-            break;
-        }
-        if (c >= 0x20 && c < 0x7f && c != '\\') buf[o++] = (char)c;
-        else o += (size_t)snprintf(buf + o, cap - o, "\\x%02x", c);
-    }
-    buf[o] = '\0';
-    return buf;
+    return quote_printable(s, PRINT_MAX, buf, cap);
 }
 
 static int hexval(char c)
@@ -404,16 +394,6 @@ static Google__Protobuf__Any *any_of(ads_server *a, size_t k, xds_type t, const 
 
 /* ---- name sets -------------------------------------------------------------------- */
 
-static uint64_t name_hash(const char *p)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (; *p; p++) {
-        h ^= (unsigned char)*p;
-        h *= 1099511628211ull;
-    }
-    return h;
-}
-
 static iname *iname_of(const char *s)
 {
     return (iname *)(void *)(s - offsetof(iname, s));
@@ -422,7 +402,7 @@ static iname *iname_of(const char *s)
 /* A reference to the interned copy of `name`; NULL when out of memory. */
 static const char *intern(ads_server *a, const char *name)
 {
-    uint64_t h = name_hash(name);
+    uint64_t h = hash_str(name);
     if (a->nbuckets) {
         for (iname *e = a->names[h & (a->nbuckets - 1)]; e; e = e->next) {
             if (e->hash == h && strcmp(e->s, name) == 0) {
@@ -703,12 +683,25 @@ static void record_nack(ads_stream *s, xds_type t, const Google__Rpc__Status *er
              ts->acked_version[0] ? ts->acked_version : "(nothing accepted yet)");
 }
 
+/* Sends response m of type t (SotW or delta) carrying `nonce` and the type
+ * version tv; once it is queued, records both as the stream's last sent for
+ * t and counts it (as a push when a notify, not a request, caused it). */
+static void send_resp(ads_stream *s, xds_type t, const ProtobufCMessage *m,
+                      const char nonce[NONCE_LEN], const char *tv, bool push)
+{
+    if (!stream_send(s, m)) return;
+    tstate *ts = &s->ts[t];
+    memcpy(ts->nonce, nonce, NONCE_LEN);
+    snprintf(ts->sent_version, sizeof ts->sent_version, "%s", tv);
+    s->a->st.responses++;
+    if (push) s->a->st.pushes++;
+}
+
 /* ---- SotW --------------------------------------------------------------------------- */
 
 static void sotw_send_resp(ads_stream *s, xds_type t, size_t n, bool push)
 {
     ads_server *a = s->a;
-    tstate *ts = &s->ts[t];
     const char *tv = xds_snapshot_version(s->snap, t);
     char nonce[NONCE_LEN];
     next_nonce(a, nonce);
@@ -719,11 +712,7 @@ static void sotw_send_resp(ads_stream *s, xds_type t, size_t n, bool push)
     resp.resources = a->anyp;
     resp.n_resources = n;
     if (a->has_cp) resp.control_plane = &a->cp;
-    if (!stream_send(s, &resp.base)) return;
-    memcpy(ts->nonce, nonce, sizeof nonce);
-    snprintf(ts->sent_version, sizeof ts->sent_version, "%s", tv);
-    a->st.responses++;
-    if (push) a->st.pushes++;
+    send_resp(s, t, &resp.base, nonce, tv, push);
 }
 
 static void sotw_eval_wildcard(ads_stream *s, xds_type t, bool push)
@@ -898,7 +887,6 @@ static bool delta_held(const ads_stream *s, xds_type t, const char *name, const 
 static void delta_send_resp(ads_stream *s, xds_type t, size_t na, size_t nr, bool push)
 {
     ads_server *a = s->a;
-    tstate *ts = &s->ts[t];
     const char *tv = xds_snapshot_version(s->snap, t);
     char nonce[NONCE_LEN];
     next_nonce(a, nonce);
@@ -910,11 +898,7 @@ static void delta_send_resp(ads_stream *s, xds_type t, size_t na, size_t nr, boo
     resp.n_resources = na;
     resp.removed_resources = a->removed;
     resp.n_removed_resources = nr;
-    if (!stream_send(s, &resp.base)) return;
-    memcpy(ts->nonce, nonce, sizeof nonce);
-    snprintf(ts->sent_version, sizeof ts->sent_version, "%s", tv);
-    a->st.responses++;
-    if (push) a->st.pushes++;
+    send_resp(s, t, &resp.base, nonce, tv, push);
 }
 
 static void delta_add(ads_server *a, size_t k, xds_type t, const xds_resource *r)

@@ -12,9 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <unistd.h>
 
 #include "identity/spiffe_id.h"
+#include "lib/admin_peer.h"
 #include "lib/log.h"
 #include "meshcore/mesh_admin.h"
 #include "meshcore/policy.h"
@@ -91,22 +91,10 @@ static void finish(rpc_call *call, rpc_code code, const char *msg)
         LOG_DEBUG("mesh admin: finish %s: %s", rpc_call_method(call), mid_errmsg());
 }
 
-/* Only the server's own uid and root, as in sds/admin_service.c. */
-static bool authorised(rpc_call *call, char actor[64])
+/* See lib/admin_peer.h. */
+static bool authorised(rpc_call *call, char actor[ADMIN_ACTOR_MAX])
 {
-    const rpc_peer *p = rpc_call_peer(call);
-    if (p->kind != RPC_PEER_UNIX || (p->uid != geteuid() && p->uid != 0)) {
-        char msg[128];
-        if (p->kind == RPC_PEER_UNIX)
-            snprintf(msg, sizeof msg, "uid %ld may not use the admin API", (long)p->uid);
-        else
-            snprintf(msg, sizeof msg, "the admin API is only served on its Unix socket");
-        LOG_WARN("mesh admin: %s refused: %s", rpc_call_method(call), msg);
-        finish(call, RPC_PERMISSION_DENIED, msg);
-        return false;
-    }
-    snprintf(actor, 64, "admin:uid=%ld", (long)p->uid);
-    return true;
+    return admin_peer_check(call, "mesh admin", actor, ADMIN_ACTOR_MAX);
 }
 
 static void op_free(mop *op)

@@ -21,6 +21,7 @@
 
 #include "identity/spiffe_id.h"
 #include "lib/quote.h"
+#include "meshcore/model_int.h"
 
 #define DNS_LABEL_MAX 63
 #define PORT_NAME_MAX 63
@@ -73,20 +74,15 @@ static bool k8s_name_ok(const char *s, size_t n)
     return true;
 }
 
-/* A field path segment for a user-chosen map key: ["key"], with '"', '\'
- * and anything not printable escaped as \xHH (the YAML loader undoes this). */
-static void key_segment(const char *key, char *out, size_t cap)
+size_t mesh_path_key(char *out, size_t o, size_t cap, const char *key, size_t klen)
 {
     static const char hex[] = "0123456789abcdef";
-    size_t o = 0;
-    if (cap < 8) {
-        if (cap) out[0] = '\0';
-        return;
+    if (o + 2 < cap) {
+        out[o++] = '[';
+        out[o++] = '"';
     }
-    out[o++] = '[';
-    out[o++] = '"';
-    for (const char *p = key; *p && o + 7 < cap; p++) {
-        unsigned char ch = (unsigned char)*p;
+    for (size_t i = 0; i < klen && o + 7 < cap; i++) {
+        unsigned char ch = (unsigned char)key[i];
         if (ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\') {
             out[o++] = (char)ch;
         } else {
@@ -96,9 +92,18 @@ static void key_segment(const char *key, char *out, size_t cap)
             out[o++] = hex[ch & 0xf];
         }
     }
-    out[o++] = '"';
-    out[o++] = ']';
+    if (o + 2 < cap) {
+        out[o++] = '"';
+        out[o++] = ']';
+    }
     out[o] = '\0';
+    return o;
+}
+
+/* The field path segment ["key"] of a NUL-terminated key (see mesh_path_key). */
+static void key_segment(const char *key, char *out, size_t cap)
+{
+    mesh_path_key(out, 0, cap, key, strlen(key));
 }
 
 /* "path" + suffix built with printf arguments; truncated silently (paths are
@@ -188,14 +193,14 @@ MID_RESULT mesh_health_parse(const char *s, mesh_health *out)
 
 /* ---- freeing --------------------------------------------------------------- */
 
-static void free_strv(char **v, size_t n)
+void mesh_strv_free(char **v, size_t n)
 {
     if (v == NULL) return;
     for (size_t i = 0; i < n; i++) free(v[i]);
     free(v);
 }
 
-static void free_labels(mesh_label *l, size_t n)
+void mesh_labels_free(mesh_label *l, size_t n)
 {
     if (l == NULL) return;
     for (size_t i = 0; i < n; i++) {
@@ -205,13 +210,23 @@ static void free_labels(mesh_label *l, size_t n)
     free(l);
 }
 
+static int label_cmp(const void *a, const void *b)
+{
+    return strcmp(((const mesh_label *)a)->key, ((const mesh_label *)b)->key);
+}
+
+void mesh_labels_sort(mesh_label *l, size_t n)
+{
+    if (n > 1) qsort(l, n, sizeof *l, label_cmp);
+}
+
 static void endpoint_clear(mesh_endpoint *e)
 {
     free(e->address);
     if (e->ports != NULL)
         for (size_t i = 0; i < e->n_ports; i++) free(e->ports[i].name);
     free(e->ports);
-    free_labels(e->labels, e->n_labels);
+    mesh_labels_free(e->labels, e->n_labels);
     free(e->spiffe_id);
     free(e->service_account);
 }
@@ -221,7 +236,7 @@ void mesh_service_free(mesh_service *s)
     if (s == NULL) return;
     free(s->namespace_);
     free(s->name);
-    free_strv(s->hosts, s->n_hosts);
+    mesh_strv_free(s->hosts, s->n_hosts);
     if (s->ports != NULL)
         for (size_t i = 0; i < s->n_ports; i++) free(s->ports[i].name);
     free(s->ports);
@@ -233,17 +248,17 @@ void mesh_service_free(mesh_service *s)
 
 static void source_clear(mesh_source *s)
 {
-    free_strv(s->principals, s->n_principals);
-    free_strv(s->not_principals, s->n_not_principals);
-    free_strv(s->namespaces, s->n_namespaces);
+    mesh_strv_free(s->principals, s->n_principals);
+    mesh_strv_free(s->not_principals, s->n_not_principals);
+    mesh_strv_free(s->namespaces, s->n_namespaces);
 }
 
 static void operation_clear(mesh_operation *o)
 {
-    free_strv(o->methods, o->n_methods);
-    free_strv(o->paths, o->n_paths);
+    mesh_strv_free(o->methods, o->n_methods);
+    mesh_strv_free(o->paths, o->n_paths);
     free(o->ports);
-    free_strv(o->hosts, o->n_hosts);
+    mesh_strv_free(o->hosts, o->n_hosts);
 }
 
 static void rule_clear(mesh_rule *r)
@@ -261,7 +276,7 @@ void mesh_policy_free(mesh_policy *p)
     if (p == NULL) return;
     free(p->namespace_);
     free(p->name);
-    free_labels(p->selector, p->n_selector);
+    mesh_labels_free(p->selector, p->n_selector);
     if (p->rules != NULL)
         for (size_t i = 0; i < p->n_rules; i++) rule_clear(&p->rules[i]);
     free(p->rules);
@@ -310,7 +325,7 @@ static mid_result dup_strv(char *const *v, size_t n, char ***out)
     for (size_t i = 0; i < n; i++) {
         mid_result r = dup_str(v[i], &c[i]);
         if (!mid_is_ok(r)) {
-            free_strv(c, n);
+            mesh_strv_free(c, n);
             return r;
         }
     }
@@ -328,7 +343,7 @@ static mid_result dup_labels(const mesh_label *l, size_t n, mesh_label **out)
         mid_result r = dup_str(l[i].key, &c[i].key);
         if (mid_is_ok(r)) r = dup_str(l[i].value, &c[i].value);
         if (!mid_is_ok(r)) {
-            free_labels(c, n);
+            mesh_labels_free(c, n);
             return r;
         }
     }
@@ -469,7 +484,10 @@ out:
 
 /* ---- validation --------------------------------------------------------------- */
 
-static mid_result check_namespace(const char *path, const char *s)
+/* A required metadata name at `path`: at most MESH_NAME_MAX bytes and of
+ * the form `ok` accepts; `what` names that form after "is not a valid". */
+static mid_result check_meta_name(const char *path, const char *s,
+                                  bool (*ok)(const char *s, size_t n), const char *what)
 {
     char q[QUOTE_MAX + 8];
     if (s == NULL) FAIL(MID_E_INVALID, path, "is required");
@@ -477,28 +495,21 @@ static mid_result check_namespace(const char *path, const char *s)
     quote_str(s, q, sizeof q);
     if (n > MESH_NAME_MAX)
         FAIL(MID_E_TOO_LARGE, path, "\"%s\" is longer than %d characters", q, MESH_NAME_MAX);
-    if (!dns_label_ok(s, n))
-        FAIL(MID_E_INVALID, path,
-             "\"%s\" is not a valid namespace (DNS-1123 label: lower case letters, digits "
-             "and '-', at most 63 characters)",
-             q);
+    if (!ok(s, n)) FAIL(MID_E_INVALID, path, "\"%s\" is not a valid %s", q, what);
     return mid_ok();
+}
+
+static mid_result check_namespace(const char *path, const char *s)
+{
+    return check_meta_name(path, s, dns_label_ok,
+                           "namespace (DNS-1123 label: lower case letters, digits and '-', at "
+                           "most 63 characters)");
 }
 
 static mid_result check_name(const char *path, const char *s)
 {
-    char q[QUOTE_MAX + 8];
-    if (s == NULL) FAIL(MID_E_INVALID, path, "is required");
-    size_t n = strnlen(s, MESH_NAME_MAX + 1);
-    quote_str(s, q, sizeof q);
-    if (n > MESH_NAME_MAX)
-        FAIL(MID_E_TOO_LARGE, path, "\"%s\" is longer than %d characters", q, MESH_NAME_MAX);
-    if (!dns_subdomain_ok(s, n))
-        FAIL(MID_E_INVALID, path,
-             "\"%s\" is not a valid name (DNS-1123 subdomain: lower case letters, digits, "
-             "'-' and '.')",
-             q);
-    return mid_ok();
+    return check_meta_name(path, s, dns_subdomain_ok,
+                           "name (DNS-1123 subdomain: lower case letters, digits, '-' and '.')");
 }
 
 /* A label key (Kubernetes qualified name: [prefix/]name) and its value. */
@@ -1212,18 +1223,13 @@ static mid_result j_strv(const json_t *o, const char *key, const char *path, cha
         path_fmt(p, sizeof p, path, "[%zu]", i);
         mid_result r = j_string_value(json_array_get(a, i), p, &v[i]);
         if (!mid_is_ok(r)) {
-            free_strv(v, len);
+            mesh_strv_free(v, len);
             return r;
         }
     }
     *out = v;
     *n = len;
     return mid_ok();
-}
-
-static int label_cmp(const void *a, const void *b)
-{
-    return strcmp(((const mesh_label *)a)->key, ((const mesh_label *)b)->key);
 }
 
 /* Optional object of string values under `key`, sorted by key. */
@@ -1256,10 +1262,10 @@ static mid_result j_labels(const json_t *o, const char *key, const char *path, m
         if (!mid_is_ok(r)) break;
     }
     if (!mid_is_ok(r)) {
-        free_labels(l, len);
+        mesh_labels_free(l, len);
         return r;
     }
-    qsort(l, len, sizeof *l, label_cmp);
+    mesh_labels_sort(l, len);
     *out = l;
     *n = len;
     return mid_ok();
@@ -1287,6 +1293,26 @@ static mid_result j_object_at(const json_t *a, size_t i, const char *path, const
     return mid_ok();
 }
 
+/* Decodes one record-list item from its JSON object at `path`. */
+typedef mid_result (*j_item_fn)(const json_t *o, const char *path, void *item);
+
+/* Decodes the n objects of array `a` (as j_array returned them) into
+ * items[0..n), `size` bytes apart (zeroed, owned by the record): item i by
+ * fn from the object at "PATH[i]". Stops at the first failure; the record's
+ * free function then releases what was decoded. */
+static mid_result j_objects(const json_t *a, size_t n, const char *path, void *items, size_t size,
+                            j_item_fn fn)
+{
+    char p[PATH_BUF];
+    for (size_t i = 0; i < n; i++) {
+        const json_t *o;
+        path_fmt(p, sizeof p, path, "[%zu]", i);
+        MID_GUARD(j_object_at(a, i, p, &o));
+        MID_GUARD(fn(o, p, (char *)items + i * size));
+    }
+    return mid_ok();
+}
+
 static mid_result j_load(const char *json, const char *what, json_t **out)
 {
     *out = NULL;
@@ -1306,10 +1332,11 @@ static mid_result j_load(const char *json, const char *what, json_t **out)
     return mid_ok();
 }
 
-static mid_result endpoint_from_json(const json_t *o, const char *path, mesh_endpoint *e)
+static mid_result endpoint_from_json(const json_t *o, const char *path, void *item)
 {
     static const char *const keys[] = {"address", "ports", "labels", "serviceAccount",
                                        "spiffeId", "health", NULL};
+    mesh_endpoint *e = item;
     char p[PATH_BUF];
     char seg[PATH_BUF / 2];
     MID_GUARD(j_keys(o, path, keys));
@@ -1415,13 +1442,7 @@ static mid_result service_fill(const json_t *o, mesh_service *s)
         MID_ENSURE_MEM(s->endpoints);
         s->n_endpoints = n;
     }
-    for (size_t i = 0; i < n; i++) {
-        const json_t *eo;
-        snprintf(p, sizeof p, "endpoints[%zu]", i);
-        MID_GUARD(j_object_at(a, i, p, &eo));
-        MID_GUARD(endpoint_from_json(eo, p, &s->endpoints[i]));
-    }
-    return mid_ok();
+    return j_objects(a, n, "endpoints", s->endpoints, sizeof *s->endpoints, endpoint_from_json);
 }
 
 MID_RESULT mesh_service_from_json(const char *json, mesh_service **out)
@@ -1443,9 +1464,10 @@ out:
     return r;
 }
 
-static mid_result source_from_json(const json_t *o, const char *path, mesh_source *s)
+static mid_result source_from_json(const json_t *o, const char *path, void *item)
 {
     static const char *const keys[] = {"principals", "notPrincipals", "namespaces", NULL};
+    mesh_source *s = item;
     char p[PATH_BUF];
     MID_GUARD(j_keys(o, path, keys));
     path_fmt(p, sizeof p, path, ".principals");
@@ -1457,9 +1479,10 @@ static mid_result source_from_json(const json_t *o, const char *path, mesh_sourc
     return mid_ok();
 }
 
-static mid_result operation_from_json(const json_t *o, const char *path, mesh_operation *op)
+static mid_result operation_from_json(const json_t *o, const char *path, void *item)
 {
     static const char *const keys[] = {"methods", "paths", "ports", "hosts", NULL};
+    mesh_operation *op = item;
     char p[PATH_BUF];
     MID_GUARD(j_keys(o, path, keys));
     path_fmt(p, sizeof p, path, ".methods");
@@ -1484,12 +1507,12 @@ static mid_result operation_from_json(const json_t *o, const char *path, mesh_op
     return mid_ok();
 }
 
-static mid_result rule_from_json(const json_t *o, const char *path, mesh_rule *rule)
+static mid_result rule_from_json(const json_t *o, const char *path, void *item)
 {
     static const char *const keys[] = {"from", "to", NULL};
+    mesh_rule *rule = item;
     char p[PATH_BUF];
     const json_t *a;
-    const json_t *e;
     size_t n;
     MID_GUARD(j_keys(o, path, keys));
     path_fmt(p, sizeof p, path, ".from");
@@ -1499,11 +1522,7 @@ static mid_result rule_from_json(const json_t *o, const char *path, mesh_rule *r
         MID_ENSURE_MEM(rule->from);
         rule->n_from = n;
     }
-    for (size_t i = 0; i < n; i++) {
-        path_fmt(p, sizeof p, path, ".from[%zu]", i);
-        MID_GUARD(j_object_at(a, i, p, &e));
-        MID_GUARD(source_from_json(e, p, &rule->from[i]));
-    }
+    MID_GUARD(j_objects(a, n, p, rule->from, sizeof *rule->from, source_from_json));
     path_fmt(p, sizeof p, path, ".to");
     MID_GUARD(j_array(o, "to", p, MESH_VALUES_MAX, false, &a, &n));
     if (n > 0) {
@@ -1511,18 +1530,13 @@ static mid_result rule_from_json(const json_t *o, const char *path, mesh_rule *r
         MID_ENSURE_MEM(rule->to);
         rule->n_to = n;
     }
-    for (size_t i = 0; i < n; i++) {
-        path_fmt(p, sizeof p, path, ".to[%zu]", i);
-        MID_GUARD(j_object_at(a, i, p, &e));
-        MID_GUARD(operation_from_json(e, p, &rule->to[i]));
-    }
+    MID_GUARD(j_objects(a, n, p, rule->to, sizeof *rule->to, operation_from_json));
     return mid_ok();
 }
 
 static mid_result policy_fill(const json_t *o, mesh_policy *pol)
 {
     static const char *const keys[] = {"namespace", "name", "selector", "action", "rules", NULL};
-    char p[PATH_BUF];
     MID_GUARD(j_keys(o, "policy JSON", keys));
     MID_GUARD(j_str(o, "namespace", "namespace", true, &pol->namespace_));
     MID_GUARD(j_str(o, "name", "name", true, &pol->name));
@@ -1542,13 +1556,7 @@ static mid_result policy_fill(const json_t *o, mesh_policy *pol)
         MID_ENSURE_MEM(pol->rules);
         pol->n_rules = n;
     }
-    for (size_t i = 0; i < n; i++) {
-        const json_t *ro;
-        snprintf(p, sizeof p, "rules[%zu]", i);
-        MID_GUARD(j_object_at(a, i, p, &ro));
-        MID_GUARD(rule_from_json(ro, p, &pol->rules[i]));
-    }
-    return mid_ok();
+    return j_objects(a, n, "rules", pol->rules, sizeof *pol->rules, rule_from_json);
 }
 
 MID_RESULT mesh_policy_from_json(const char *json, mesh_policy **out)

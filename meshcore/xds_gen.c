@@ -11,6 +11,7 @@
 
 #include "google/protobuf/struct.pb-c.h"
 #include "identity/spiffe_id.h"
+#include "lib/hash.h"
 #include "lib/quote.h"
 #include "meshcore/xds_gen_int.h"
 
@@ -275,20 +276,10 @@ static MID_RESULT use_registry(xds_gen *g, const mesh_registry *reg)
     return mid_ok();
 }
 
-static uint64_t fnv1a(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ull;
-    }
-    return h;
-}
-
 static snap_entry *snap_find(const xds_gen *g, const char *key)
 {
     if (!g->n_buckets) return NULL;
-    for (snap_entry *e = g->buckets[fnv1a(key) & (g->n_buckets - 1)]; e; e = e->next)
+    for (snap_entry *e = g->buckets[hash_str(key) & (g->n_buckets - 1)]; e; e = e->next)
         if (strcmp(e->key, key) == 0) return e;
     return NULL;
 }
@@ -306,7 +297,7 @@ static void snap_put(xds_gen *g, char *key, xds_snapshot *s)
             snap_entry *e = g->buckets[i];
             while (e) {
                 snap_entry *next = e->next;
-                size_t k = fnv1a(e->key) & (nb - 1);
+                size_t k = hash_str(e->key) & (nb - 1);
                 e->next = b[k];
                 b[k] = e;
                 e = next;
@@ -325,7 +316,7 @@ static void snap_put(xds_gen *g, char *key, xds_snapshot *s)
     }
     e->key = k;
     e->snap = xds_snapshot_ref(s);
-    size_t bi = fnv1a(k) & (g->n_buckets - 1);
+    size_t bi = hash_str(k) & (g->n_buckets - 1);
     e->next = g->buckets[bi];
     g->buckets[bi] = e;
     g->n_snaps++;

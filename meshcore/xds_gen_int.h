@@ -14,9 +14,14 @@
 
 #include <protobuf-c/protobuf-c.h>
 
+#include "envoy/config/cluster/v3/cluster.pb-c.h"
 #include "envoy/config/core/v3/address.pb-c.h"
+#include "envoy/config/core/v3/base.pb-c.h"
 #include "envoy/config/core/v3/config_source.pb-c.h"
 #include "envoy/config/core/v3/grpc_service.pb-c.h"
+#include "envoy/config/listener/v3/listener.pb-c.h"
+#include "envoy/config/listener/v3/listener_components.pb-c.h"
+#include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb-c.h"
 #include "envoy/extensions/transport_sockets/tls/v3/common.pb-c.h"
 #include "envoy/extensions/transport_sockets/tls/v3/secret.pb-c.h"
 #include "envoy/extensions/transport_sockets/tls/v3/tls.pb-c.h"
@@ -124,9 +129,53 @@ xds_pb_uri_sans(arena *a, const char *const *ids, size_t n);
 Envoy__Type__Matcher__V3__StringMatcher **xds_pb_exact_matchers(arena *a, const char *const *ids,
                                                                 size_t n);
 
-/* The HTTP/2 upstream protocol option entry map value
- * (typed_extension_protocol_options), packed into *any. */
-MID_RESULT xds_pb_h2_options(arena *a, Google__Protobuf__Any *any);
+/* Cluster.typed_extension_protocol_options {XDS_H2_OPTIONS_KEY:
+ * HttpProtocolOptions{explicit_http_config{http2_protocol_options {}}}}, for
+ * a cluster whose upstream speaks HTTP/2: the payload is packed into the
+ * arena, the map entry wired in place in *o and set on *c (replacing any
+ * options there); do not move *o while c is in use. Errors as xds_pb_any. */
+typedef struct {
+    Envoy__Config__Cluster__V3__Cluster__TypedExtensionProtocolOptionsEntry entry;
+    Envoy__Config__Cluster__V3__Cluster__TypedExtensionProtocolOptionsEntry *entries[1];
+    Google__Protobuf__Any any;
+} xds_h2_options;
+MID_RESULT xds_pb_cluster_h2(arena *a, xds_h2_options *o, Envoy__Config__Cluster__V3__Cluster *c);
+
+/* TransportSocket{name envoy.transport_sockets.tls, typed_config *any}:
+ * wired in place (any borrowed, typically a packed Up/DownstreamTlsContext);
+ * never fails. */
+void xds_pb_tls_socket(Envoy__Config__Core__V3__TransportSocket *ts, Google__Protobuf__Any *any);
+
+/* Listener Filter / HCM HttpFilter {name, typed_config *any}, wired in place
+ * (name and any borrowed); never fail. */
+void xds_pb_filter(Envoy__Config__Listener__V3__Filter *f, const char *name,
+                   Google__Protobuf__Any *any);
+void xds_pb_http_filter(
+    Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpFilter *hf,
+    const char *name, Google__Protobuf__Any *any);
+
+/* Listener{name, address{ip:port}, filter_chains [{filters,
+ * transport_socket}], traffic_direction}: one filter chain, the sidecar's
+ * listener shape. Wired in place in *l from borrowed name, ip, filters and
+ * ts (NULL: plaintext); do not move *l while it is in use. Never fails. */
+typedef struct {
+    Envoy__Config__Listener__V3__Listener msg;
+    Envoy__Config__Listener__V3__FilterChain chain;
+    Envoy__Config__Listener__V3__FilterChain *chains[1];
+    Envoy__Config__Core__V3__Address addr;
+    Envoy__Config__Core__V3__SocketAddress sockaddr;
+} xds_listener;
+void xds_pb_listener(xds_listener *l, const char *name, const char *ip, uint32_t port,
+                     Envoy__Config__Listener__V3__Filter **filters, size_t n_filters,
+                     Envoy__Config__Core__V3__TransportSocket *ts,
+                     Envoy__Config__Core__V3__TrafficDirection direction);
+
+/* The network filter TcpProxy{stat_prefix, cluster} (both borrowed) as
+ * Filter *f, its payload packed into *any from the arena. Errors as
+ * xds_pb_any. */
+MID_RESULT xds_pb_tcp_proxy_filter(arena *a, const char *stat_prefix, const char *cluster,
+                                   Envoy__Config__Listener__V3__Filter *f,
+                                   Google__Protobuf__Any *any);
 
 /* ---- registry helpers (xds_outbound.c) ----------------------------------------- */
 

@@ -18,7 +18,6 @@
 #include "envoy/config/route/v3/route_components.pb-c.h"
 #include "envoy/extensions/filters/http/router/v3/router.pb-c.h"
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb-c.h"
-#include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb-c.h"
 #include "google/protobuf/duration.pb-c.h"
 #include "google/protobuf/wrappers.pb-c.h"
 #include "meshcore/policy.h"
@@ -26,8 +25,6 @@
 #include "meshcore/xds_gen.h"
 #include "meshcore/xds_gen_int.h"
 
-typedef Envoy__Config__Listener__V3__Listener listener_msg;
-typedef Envoy__Config__Listener__V3__FilterChain chain_msg;
 typedef Envoy__Config__Listener__V3__Filter filter_msg;
 typedef Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager hcm_msg;
 typedef Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpFilter http_filter_msg;
@@ -131,10 +128,7 @@ static MID_RESULT downstream_tls(arena *a, const char *sds_cluster, int http,
     down.common_tls_context = &t.common;
     down.require_client_certificate = &req;
     MID_GUARD(xds_pb_any(a, &down.base, XDS_URL_DOWNSTREAM_TLS, any));
-    envoy__config__core__v3__transport_socket__init(ts);
-    ts->name = (char *)XDS_TLS_SOCKET;
-    ts->config_type_case = ENVOY__CONFIG__CORE__V3__TRANSPORT_SOCKET__CONFIG_TYPE_TYPED_CONFIG;
-    ts->typed_config = any;
+    xds_pb_tls_socket(ts, any);
     return mid_ok();
 }
 
@@ -151,21 +145,13 @@ static MID_RESULT inbound_hcm(arena *a, const mesh_rbac_filter *rf, size_t n_rf,
     size_t nf = 0;
     for (size_t i = 0; i < n_rf && i < 2; i++, nf++) {
         rbac_any(&rf[i], &fany[nf]);
-        envoy__extensions__filters__network__http_connection_manager__v3__http_filter__init(&hf[nf]);
-        hf[nf].name = (char *)rf[i].name;
-        hf[nf].config_type_case =
-            ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_FILTER__CONFIG_TYPE_TYPED_CONFIG;
-        hf[nf].typed_config = &fany[nf];
+        xds_pb_http_filter(&hf[nf], rf[i].name, &fany[nf]);
         hfp[nf] = &hf[nf];
     }
     Envoy__Extensions__Filters__Http__Router__V3__Router router =
         ENVOY__EXTENSIONS__FILTERS__HTTP__ROUTER__V3__ROUTER__INIT;
     MID_GUARD(xds_pb_any(a, &router.base, XDS_URL_ROUTER, &fany[nf]));
-    envoy__extensions__filters__network__http_connection_manager__v3__http_filter__init(&hf[nf]);
-    hf[nf].name = (char *)XDS_ROUTER_FILTER;
-    hf[nf].config_type_case =
-        ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_FILTER__CONFIG_TYPE_TYPED_CONFIG;
-    hf[nf].typed_config = &fany[nf];
+    xds_pb_http_filter(&hf[nf], XDS_ROUTER_FILTER, &fany[nf]);
     hfp[nf] = &hf[nf];
     nf++;
 
@@ -229,32 +215,16 @@ static MID_RESULT inbound_listener(arena *a, const mesh_policy *const *pols, siz
     size_t nf = 0;
     if (http) {
         MID_GUARD(inbound_hcm(a, rf, n_rf, ip->port, cluster, &fany[0]));
-        envoy__config__listener__v3__filter__init(&f[0]);
-        f[0].name = (char *)XDS_HCM_FILTER;
-        f[0].config_type_case = ENVOY__CONFIG__LISTENER__V3__FILTER__CONFIG_TYPE_TYPED_CONFIG;
-        f[0].typed_config = &fany[0];
+        xds_pb_filter(&f[0], XDS_HCM_FILTER, &fany[0]);
         fp[0] = &f[0];
         nf = 1;
     } else {
         for (size_t i = 0; i < n_rf; i++, nf++) {
             rbac_any(&rf[i], &fany[nf]);
-            envoy__config__listener__v3__filter__init(&f[nf]);
-            f[nf].name = (char *)rf[i].name;
-            f[nf].config_type_case = ENVOY__CONFIG__LISTENER__V3__FILTER__CONFIG_TYPE_TYPED_CONFIG;
-            f[nf].typed_config = &fany[nf];
+            xds_pb_filter(&f[nf], rf[i].name, &fany[nf]);
             fp[nf] = &f[nf];
         }
-        Envoy__Extensions__Filters__Network__TcpProxy__V3__TcpProxy tp =
-            ENVOY__EXTENSIONS__FILTERS__NETWORK__TCP_PROXY__V3__TCP_PROXY__INIT;
-        tp.stat_prefix = stat;
-        tp.cluster_specifier_case =
-            ENVOY__EXTENSIONS__FILTERS__NETWORK__TCP_PROXY__V3__TCP_PROXY__CLUSTER_SPECIFIER_CLUSTER;
-        tp.cluster = cluster;
-        MID_GUARD(xds_pb_any(a, &tp.base, XDS_URL_TCP_PROXY, &fany[nf]));
-        envoy__config__listener__v3__filter__init(&f[nf]);
-        f[nf].name = (char *)XDS_TCP_PROXY_FILTER;
-        f[nf].config_type_case = ENVOY__CONFIG__LISTENER__V3__FILTER__CONFIG_TYPE_TYPED_CONFIG;
-        f[nf].typed_config = &fany[nf];
+        MID_GUARD(xds_pb_tcp_proxy_filter(a, stat, cluster, &f[nf], &fany[nf]));
         fp[nf] = &f[nf];
         nf++;
     }
@@ -262,21 +232,10 @@ static MID_RESULT inbound_listener(arena *a, const mesh_policy *const *pols, siz
     Envoy__Config__Core__V3__TransportSocket ts;
     Google__Protobuf__Any tls_any;
     MID_GUARD(downstream_tls(a, sds_cluster, http, &ts, &tls_any));
-    chain_msg fc = ENVOY__CONFIG__LISTENER__V3__FILTER_CHAIN__INIT;
-    chain_msg *fcp = &fc;
-    fc.n_filters = nf;
-    fc.filters = fp;
-    fc.transport_socket = &ts;
-    address_msg ad;
-    sockaddr_msg sa;
-    xds_pb_sockaddr(&ad, &sa, XDS_ANY_ADDR, ip->port);
-    listener_msg l = ENVOY__CONFIG__LISTENER__V3__LISTENER__INIT;
-    l.name = name;
-    l.address = &ad;
-    l.n_filter_chains = 1;
-    l.filter_chains = &fcp;
-    l.traffic_direction = ENVOY__CONFIG__CORE__V3__TRAFFIC_DIRECTION__INBOUND;
-    return xds_pb_snap_add(a, s, XDS_LDS, name, &l.base);
+    xds_listener l;
+    xds_pb_listener(&l, name, XDS_ANY_ADDR, ip->port, fp, nf, &ts,
+                    ENVOY__CONFIG__CORE__V3__TRAFFIC_DIRECTION__INBOUND);
+    return xds_pb_snap_add(a, s, XDS_LDS, name, &l.msg.base);
 }
 
 static MID_RESULT inbound_cluster(arena *a, const xds_inbound_port *ip, xds_snapshot *s)
@@ -319,17 +278,9 @@ static MID_RESULT inbound_cluster(arena *a, const xds_inbound_port *ip, xds_snap
     c.connect_timeout = &ct;
     c.lb_policy = ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_POLICY__ROUND_ROBIN;
     c.load_assignment = &cla;
-    Envoy__Config__Cluster__V3__Cluster__TypedExtensionProtocolOptionsEntry opt =
-        ENVOY__CONFIG__CLUSTER__V3__CLUSTER__TYPED_EXTENSION_PROTOCOL_OPTIONS_ENTRY__INIT;
-    Envoy__Config__Cluster__V3__Cluster__TypedExtensionProtocolOptionsEntry *optp = &opt;
-    Google__Protobuf__Any h2;
-    if (ip->sp->protocol == MESH_PROTO_HTTP2 || ip->sp->protocol == MESH_PROTO_GRPC) {
-        MID_GUARD(xds_pb_h2_options(a, &h2));
-        opt.key = (char *)XDS_H2_OPTIONS_KEY;
-        opt.value = &h2;
-        c.n_typed_extension_protocol_options = 1;
-        c.typed_extension_protocol_options = &optp;
-    }
+    xds_h2_options h2;
+    if (ip->sp->protocol == MESH_PROTO_HTTP2 || ip->sp->protocol == MESH_PROTO_GRPC)
+        MID_GUARD(xds_pb_cluster_h2(a, &h2, &c));
     return xds_pb_snap_add(a, s, XDS_CDS, name, &c.base);
 }
 

@@ -19,7 +19,6 @@
 #include "envoy/config/route/v3/route_components.pb-c.h"
 #include "envoy/extensions/filters/http/router/v3/router.pb-c.h"
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb-c.h"
-#include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb-c.h"
 #include "google/protobuf/duration.pb-c.h"
 #include "google/protobuf/wrappers.pb-c.h"
 #include "meshcore/xds_gen.h"
@@ -33,7 +32,6 @@ typedef Envoy__Config__Endpoint__V3__Endpoint endpoint_msg;
 typedef Envoy__Config__Core__V3__Address address_msg;
 typedef Envoy__Config__Core__V3__SocketAddress sockaddr_msg;
 typedef Envoy__Config__Listener__V3__Listener listener_msg;
-typedef Envoy__Config__Listener__V3__FilterChain chain_msg;
 typedef Envoy__Config__Listener__V3__Filter filter_msg;
 typedef Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager hcm_msg;
 typedef Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__Rds rds_msg;
@@ -249,10 +247,7 @@ static MID_RESULT upstream_tls(arena *a, const char *host, const char *const *sa
         up.common_tls_context = &common;
         MID_GUARD(xds_pb_any(a, &up.base, XDS_URL_UPSTREAM_TLS, any));
     }
-    envoy__config__core__v3__transport_socket__init(ts);
-    ts->name = (char *)XDS_TLS_SOCKET;
-    ts->config_type_case = ENVOY__CONFIG__CORE__V3__TRANSPORT_SOCKET__CONFIG_TYPE_TYPED_CONFIG;
-    ts->typed_config = any;
+    xds_pb_tls_socket(ts, any);
     return mid_ok();
 }
 
@@ -299,18 +294,10 @@ MID_RESULT xds_build_clusters(const mesh_registry *reg, const char *sds_cluster,
                 c.connect_timeout = &ct;
                 c.lb_policy = ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_POLICY__ROUND_ROBIN;
                 if (tls) c.transport_socket = &ts;
-                Envoy__Config__Cluster__V3__Cluster__TypedExtensionProtocolOptionsEntry opt =
-                    ENVOY__CONFIG__CLUSTER__V3__CLUSTER__TYPED_EXTENSION_PROTOCOL_OPTIONS_ENTRY__INIT;
-                Envoy__Config__Cluster__V3__Cluster__TypedExtensionProtocolOptionsEntry *optp = &opt;
-                Google__Protobuf__Any h2;
+                xds_h2_options h2;
                 if (sds_cluster &&
-                    (p->protocol == MESH_PROTO_HTTP2 || p->protocol == MESH_PROTO_GRPC)) {
-                    MID_TRY(r, xds_pb_h2_options(a, &h2));
-                    opt.key = (char *)XDS_H2_OPTIONS_KEY;
-                    opt.value = &h2;
-                    c.n_typed_extension_protocol_options = 1;
-                    c.typed_extension_protocol_options = &optp;
-                }
+                    (p->protocol == MESH_PROTO_HTTP2 || p->protocol == MESH_PROTO_GRPC))
+                    MID_TRY(r, xds_pb_cluster_h2(a, &h2, &c));
                 MID_TRY(r, xds_pb_add(a, set, name, &c.base));
             }
         }
@@ -326,18 +313,6 @@ out:
 
 /* ---- shared listener pieces -------------------------------------------------------- */
 
-/* Filter{name, typed_config Any(m)} with the Any payload in the arena. */
-static MID_RESULT filter_of(arena *a, const char *name, const ProtobufCMessage *m,
-                            const char *type_url, filter_msg *f, Google__Protobuf__Any *any)
-{
-    MID_GUARD(xds_pb_any(a, m, type_url, any));
-    envoy__config__listener__v3__filter__init(f);
-    f->name = (char *)name;
-    f->config_type_case = ENVOY__CONFIG__LISTENER__V3__FILTER__CONFIG_TYPE_TYPED_CONFIG;
-    f->typed_config = any;
-    return mid_ok();
-}
-
 /* HCM{stat_prefix, rds{ads, route_name}, http_filters [router]} packed into *any. */
 static MID_RESULT hcm_rds_any(arena *a, const char *stat_prefix, const char *route_name,
                               Google__Protobuf__Any *any)
@@ -346,12 +321,9 @@ static MID_RESULT hcm_rds_any(arena *a, const char *stat_prefix, const char *rou
         ENVOY__EXTENSIONS__FILTERS__HTTP__ROUTER__V3__ROUTER__INIT;
     Google__Protobuf__Any router_any;
     MID_GUARD(xds_pb_any(a, &router.base, XDS_URL_ROUTER, &router_any));
-    http_filter_msg hf = ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_FILTER__INIT;
+    http_filter_msg hf;
     http_filter_msg *hfp = &hf;
-    hf.name = (char *)XDS_ROUTER_FILTER;
-    hf.config_type_case =
-        ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_FILTER__CONFIG_TYPE_TYPED_CONFIG;
-    hf.typed_config = &router_any;
+    xds_pb_http_filter(&hf, XDS_ROUTER_FILTER, &router_any);
     xds_ads_source src;
     xds_ads_source_init(&src);
     rds_msg rds = ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__RDS__INIT;
@@ -461,36 +433,17 @@ static MID_RESULT outbound_listener(arena *a, const port_owner *o, xds_rset *set
     filter_msg f;
     if (mesh_protocol_is_http(o->sp->protocol)) {
         MID_GUARD(hcm_rds_any(a, stat, route, &any));
-        envoy__config__listener__v3__filter__init(&f);
-        f.name = (char *)XDS_HCM_FILTER;
-        f.config_type_case = ENVOY__CONFIG__LISTENER__V3__FILTER__CONFIG_TYPE_TYPED_CONFIG;
-        f.typed_config = &any;
+        xds_pb_filter(&f, XDS_HCM_FILTER, &any);
     } else {
         char cluster[XDS_NAME_MAX + 1];
         MID_GUARD(xds_name_outbound_cluster(cluster, sizeof cluster, o->port, o->svc->hosts[0]));
-        Envoy__Extensions__Filters__Network__TcpProxy__V3__TcpProxy tp =
-            ENVOY__EXTENSIONS__FILTERS__NETWORK__TCP_PROXY__V3__TCP_PROXY__INIT;
-        tp.stat_prefix = stat;
-        tp.cluster_specifier_case =
-            ENVOY__EXTENSIONS__FILTERS__NETWORK__TCP_PROXY__V3__TCP_PROXY__CLUSTER_SPECIFIER_CLUSTER;
-        tp.cluster = cluster;
-        MID_GUARD(filter_of(a, XDS_TCP_PROXY_FILTER, &tp.base, XDS_URL_TCP_PROXY, &f, &any));
+        MID_GUARD(xds_pb_tcp_proxy_filter(a, stat, cluster, &f, &any));
     }
     filter_msg *fp = &f;
-    chain_msg fc = ENVOY__CONFIG__LISTENER__V3__FILTER_CHAIN__INIT;
-    chain_msg *fcp = &fc;
-    fc.n_filters = 1;
-    fc.filters = &fp;
-    address_msg ad;
-    sockaddr_msg sa;
-    xds_pb_sockaddr(&ad, &sa, XDS_LOCALHOST, o->port);
-    listener_msg l = ENVOY__CONFIG__LISTENER__V3__LISTENER__INIT;
-    l.name = name;
-    l.address = &ad;
-    l.n_filter_chains = 1;
-    l.filter_chains = &fcp;
-    l.traffic_direction = ENVOY__CONFIG__CORE__V3__TRAFFIC_DIRECTION__OUTBOUND;
-    return xds_pb_add(a, set, name, &l.base);
+    xds_listener l;
+    xds_pb_listener(&l, name, XDS_LOCALHOST, o->port, &fp, 1, NULL,
+                    ENVOY__CONFIG__CORE__V3__TRAFFIC_DIRECTION__OUTBOUND);
+    return xds_pb_add(a, set, name, &l.msg.base);
 }
 
 void xds_listener_chunks_clear(xds_listener_chunks *c)

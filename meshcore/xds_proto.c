@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "envoy/config/core/v3/protocol.pb-c.h"
+#include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb-c.h"
 #include "envoy/extensions/upstreams/http/v3/http_protocol_options.pb-c.h"
 #include "meshcore/xds_gen.h"
 #include "meshcore/xds_gen_int.h"
@@ -176,7 +177,7 @@ string_matcher **xds_pb_exact_matchers(arena *a, const char *const *ids, size_t 
     return v;
 }
 
-MID_RESULT xds_pb_h2_options(arena *a, Google__Protobuf__Any *any)
+static MID_RESULT h2_options(arena *a, Google__Protobuf__Any *any)
 {
     Envoy__Config__Core__V3__Http2ProtocolOptions h2 = ENVOY__CONFIG__CORE__V3__HTTP2_PROTOCOL_OPTIONS__INIT;
     Envoy__Extensions__Upstreams__Http__V3__HttpProtocolOptions__ExplicitHttpConfig ex =
@@ -190,4 +191,78 @@ MID_RESULT xds_pb_h2_options(arena *a, Google__Protobuf__Any *any)
         ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__UPSTREAM_PROTOCOL_OPTIONS_EXPLICIT_HTTP_CONFIG;
     po.explicit_http_config = &ex;
     return xds_pb_any(a, &po.base, XDS_URL_H2_OPTIONS, any);
+}
+
+MID_RESULT xds_pb_cluster_h2(arena *a, xds_h2_options *o, Envoy__Config__Cluster__V3__Cluster *c)
+{
+    MID_GUARD(h2_options(a, &o->any));
+    envoy__config__cluster__v3__cluster__typed_extension_protocol_options_entry__init(&o->entry);
+    o->entry.key = (char *)XDS_H2_OPTIONS_KEY;
+    o->entry.value = &o->any;
+    o->entries[0] = &o->entry;
+    c->n_typed_extension_protocol_options = 1;
+    c->typed_extension_protocol_options = o->entries;
+    return mid_ok();
+}
+
+void xds_pb_tls_socket(Envoy__Config__Core__V3__TransportSocket *ts, Google__Protobuf__Any *any)
+{
+    envoy__config__core__v3__transport_socket__init(ts);
+    ts->name = (char *)XDS_TLS_SOCKET;
+    ts->config_type_case = ENVOY__CONFIG__CORE__V3__TRANSPORT_SOCKET__CONFIG_TYPE_TYPED_CONFIG;
+    ts->typed_config = any;
+}
+
+void xds_pb_filter(Envoy__Config__Listener__V3__Filter *f, const char *name,
+                   Google__Protobuf__Any *any)
+{
+    envoy__config__listener__v3__filter__init(f);
+    f->name = (char *)name;
+    f->config_type_case = ENVOY__CONFIG__LISTENER__V3__FILTER__CONFIG_TYPE_TYPED_CONFIG;
+    f->typed_config = any;
+}
+
+void xds_pb_http_filter(
+    Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpFilter *hf,
+    const char *name, Google__Protobuf__Any *any)
+{
+    envoy__extensions__filters__network__http_connection_manager__v3__http_filter__init(hf);
+    hf->name = (char *)name;
+    hf->config_type_case =
+        ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_FILTER__CONFIG_TYPE_TYPED_CONFIG;
+    hf->typed_config = any;
+}
+
+MID_RESULT xds_pb_tcp_proxy_filter(arena *a, const char *stat_prefix, const char *cluster,
+                                   Envoy__Config__Listener__V3__Filter *f,
+                                   Google__Protobuf__Any *any)
+{
+    Envoy__Extensions__Filters__Network__TcpProxy__V3__TcpProxy tp =
+        ENVOY__EXTENSIONS__FILTERS__NETWORK__TCP_PROXY__V3__TCP_PROXY__INIT;
+    tp.stat_prefix = (char *)stat_prefix;
+    tp.cluster_specifier_case =
+        ENVOY__EXTENSIONS__FILTERS__NETWORK__TCP_PROXY__V3__TCP_PROXY__CLUSTER_SPECIFIER_CLUSTER;
+    tp.cluster = (char *)cluster;
+    MID_GUARD(xds_pb_any(a, &tp.base, XDS_URL_TCP_PROXY, any));
+    xds_pb_filter(f, XDS_TCP_PROXY_FILTER, any);
+    return mid_ok();
+}
+
+void xds_pb_listener(xds_listener *l, const char *name, const char *ip, uint32_t port,
+                     Envoy__Config__Listener__V3__Filter **filters, size_t n_filters,
+                     Envoy__Config__Core__V3__TransportSocket *ts,
+                     Envoy__Config__Core__V3__TrafficDirection direction)
+{
+    envoy__config__listener__v3__filter_chain__init(&l->chain);
+    l->chain.n_filters = n_filters;
+    l->chain.filters = filters;
+    l->chain.transport_socket = ts;
+    l->chains[0] = &l->chain;
+    xds_pb_sockaddr(&l->addr, &l->sockaddr, ip, port);
+    envoy__config__listener__v3__listener__init(&l->msg);
+    l->msg.name = (char *)name;
+    l->msg.address = &l->addr;
+    l->msg.n_filter_chains = 1;
+    l->msg.filter_chains = l->chains;
+    l->msg.traffic_direction = direction;
 }

@@ -16,6 +16,8 @@
 
 #include <openssl/evp.h>
 
+#include "lib/hash.h"
+
 #define NAME_MAX_LEN 4096        /* bytes of one resource name */
 #define SET_MAX_RESOURCES (1u << 20)
 #define PARTS_MAX 64             /* shared sets per type in one snapshot */
@@ -86,21 +88,11 @@ struct xds_rset {
     size_t nslots;
 };
 
-static uint64_t name_hash(const char *s)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ull;
-    }
-    return h;
-}
-
 /* Slot holding `name`, or the empty slot where it would go. */
 static size_t slot_of(const xds_rset *r, const char *name)
 {
     size_t mask = r->nslots - 1;
-    size_t i = (size_t)name_hash(name) & mask;
+    size_t i = (size_t)hash_str(name) & mask;
     while (r->slots[i] && strcmp(r->res[r->slots[i] - 1].name, name) != 0) i = (i + 1) & mask;
     return i;
 }

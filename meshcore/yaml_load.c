@@ -25,6 +25,7 @@
 
 #include "lib/fsutil.h"
 #include "lib/quote.h"
+#include "meshcore/model_int.h"
 
 #define YAML_DEPTH_MAX 32        /* nested sequences/mappings per document */
 #define YAML_NODES_MAX (1 << 18) /* nodes per document */
@@ -88,38 +89,19 @@ static bool ident_key(const char *s, size_t n)
 }
 
 /* Appends a mapping key to a field path: ".key" for plain identifiers,
- * ["key"] (escaped as in model.c) otherwise, and always for user-chosen
- * keys (`user`: labels, endpoint port names), as model.c writes them. */
+ * ["key"] (mesh_path_key, the form model.c's messages use) otherwise, and
+ * always for user-chosen keys (`user`: labels, endpoint port names). */
 static void path_key_as(char *out, size_t cap, const char *base, const char *key, size_t klen,
                         bool user)
 {
-    static const char hex[] = "0123456789abcdef";
     size_t o = strnlen(base, cap - 1);
     memmove(out, base, o);
-    if (!user && ident_key(key, klen)) {
-        if (o > 0 && o + 1 < cap) out[o++] = '.';
-        for (size_t i = 0; i < klen && o + 1 < cap; i++) out[o++] = key[i];
-    } else {
-        if (o + 2 < cap) {
-            out[o++] = '[';
-            out[o++] = '"';
-        }
-        for (size_t i = 0; i < klen && o + 7 < cap; i++) {
-            unsigned char ch = (unsigned char)key[i];
-            if (ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\') {
-                out[o++] = (char)ch;
-            } else {
-                out[o++] = '\\';
-                out[o++] = 'x';
-                out[o++] = hex[ch >> 4];
-                out[o++] = hex[ch & 0xf];
-            }
-        }
-        if (o + 2 < cap) {
-            out[o++] = '"';
-            out[o++] = ']';
-        }
+    if (user || !ident_key(key, klen)) {
+        mesh_path_key(out, o, cap, key, klen);
+        return;
     }
+    if (o > 0 && o + 1 < cap) out[o++] = '.';
+    for (size_t i = 0; i < klen && o + 1 < cap; i++) out[o++] = key[i];
     out[o] = '\0';
 }
 
@@ -442,19 +424,13 @@ static mid_result get_strv(const yctx *c, const ynode *v, const char *path, char
         path_index(p, sizeof p, path, i);
         mid_result r = get_str(c, v->kids[i], p, &a[i]);
         if (!mid_is_ok(r)) {
-            for (size_t j = 0; j < i; j++) free(a[j]);
-            free(a);
+            mesh_strv_free(a, v->n);
             return r;
         }
     }
     *out = a;
     *n = v->n;
     return mid_ok();
-}
-
-static int label_cmp(const void *a, const void *b)
-{
-    return strcmp(((const mesh_label *)a)->key, ((const mesh_label *)b)->key);
 }
 
 /* An optional map of string -> string, sorted by key. */
@@ -478,14 +454,10 @@ static mid_result get_labels(const yctx *c, const ynode *v, const char *path, me
         if (mid_is_ok(r)) r = get_str(c, v->kids[2 * i + 1], p, &l[i].value);
     }
     if (!mid_is_ok(r)) {
-        for (size_t i = 0; i < pairs; i++) {
-            free(l[i].key);
-            free(l[i].value);
-        }
-        free(l);
+        mesh_labels_free(l, pairs);
         return r;
     }
-    qsort(l, pairs, sizeof *l, label_cmp);
+    mesh_labels_sort(l, pairs);
     *out = l;
     *n = pairs;
     return mid_ok();

@@ -8,12 +8,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "ca/rotation.h"
 #include "identity/entry.h"
 #include "identity/join_token.h"
 #include "identity/spiffe_id.h"
+#include "lib/admin_peer.h"
 #include "lib/log.h"
 #include "lib/timeutil.h"
 #include "meshid/admin/v1/admin.pb-c.h"
@@ -131,23 +131,10 @@ static void fail_result(rpc_call *call, mid_result r, const char *what)
     finish(call, code, mid_errmsg());
 }
 
-/* Only the server's own uid and root may administer it. The socket's mode
- * (0600) already says so; this holds even if the mode is loosened. */
-static bool authorised(rpc_call *call, char actor[64])
+/* See lib/admin_peer.h. */
+static bool authorised(rpc_call *call, char actor[ADMIN_ACTOR_MAX])
 {
-    const rpc_peer *p = rpc_call_peer(call);
-    if (p->kind != RPC_PEER_UNIX || (p->uid != geteuid() && p->uid != 0)) {
-        char msg[128];
-        if (p->kind == RPC_PEER_UNIX)
-            snprintf(msg, sizeof msg, "uid %ld may not use the admin API", (long)p->uid);
-        else
-            snprintf(msg, sizeof msg, "the admin API is only served on its Unix socket");
-        LOG_WARN("admin API: %s refused: %s", rpc_call_method(call), msg);
-        finish(call, RPC_PERMISSION_DENIED, msg);
-        return false;
-    }
-    snprintf(actor, 64, "admin:uid=%ld", (long)p->uid);
-    return true;
+    return admin_peer_check(call, "admin API", actor, ADMIN_ACTOR_MAX);
 }
 
 static void op_call_done(rpc_call *call, bool cancelled, void *ctx)

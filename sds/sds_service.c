@@ -20,6 +20,7 @@
 #include "envoy/service/discovery/v3/discovery.pb-c.h"
 #include "lib/arena.h"
 #include "lib/log.h"
+#include "lib/quote.h"
 #include "sds/secrets.h"
 #include "sds/sds_service_int.h"
 
@@ -79,19 +80,7 @@ struct sds_service {
 /* Client-supplied text made safe for logs and status messages. */
 const char *sds_printable(const char *s, char *buf, size_t cap)
 {
-    size_t o = 0;
-    for (size_t i = 0; s && s[i] && o + 5 < cap; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (i >= PRINT_MAX) {
-            memcpy(buf + o, "...", 3);
-            o += 3;
-            break;
-        }
-        if (c >= 0x20 && c < 0x7f && c != '\\') buf[o++] = (char)c;
-        else o += (size_t)snprintf(buf + o, cap - o, "\\x%02x", c);
-    }
-    buf[o] = '\0';
-    return buf;
+    return quote_printable(s, PRINT_MAX, buf, cap);
 }
 
 static void next_nonce(sds_service *svc, char out[NONCE_LEN])

@@ -27,12 +27,144 @@ static MID_RESULT check_text(const char *name, const char *s, int required)
     return MID_OK_RESULT;
 }
 
+/* ---- a fast path for simple details --------------------------------------
+ *
+ * Nearly every event carries details meshid printed itself: a small flat
+ * object of ASCII strings, integers, booleans and short arrays. Parsing
+ * that into jansson objects (allocations, a hash table) only to free them
+ * again costs more than the rest of the validation. simple_object()
+ * recognises a strict subset of JSON without allocating and answers only
+ * "certainly a valid object without duplicate keys" (1) or "not sure" (0);
+ * on 0 the text goes to jansson exactly as before, so what is accepted and
+ * every error message are unchanged. The subset: printable ASCII strings
+ * without escapes, integers of at most 15 digits (no fraction or exponent),
+ * true/false/null, nesting up to SIMPLE_DEPTH, at most SIMPLE_KEYS keys
+ * per object, JSON whitespace between tokens. */
+#define SIMPLE_DEPTH 8
+#define SIMPLE_KEYS 32
+
+typedef struct {
+    const char *p;
+    int depth;
+} simple_cursor;
+
+static void simple_ws(simple_cursor *c)
+{
+    while (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r') c->p++;
+}
+
+/* A string without escapes; its contents in [*s, *s + *n). */
+static int simple_string(simple_cursor *c, const char **s, size_t *n)
+{
+    if (*c->p != '"') return 0;
+    const char *q = ++c->p;
+    while (*q >= 0x20 && *q <= 0x7e && *q != '"' && *q != '\\') q++;
+    if (*q != '"') return 0;
+    *s = c->p;
+    *n = (size_t)(q - c->p);
+    c->p = q + 1;
+    return 1;
+}
+
+static int simple_value(simple_cursor *c);
+
+static int simple_members(simple_cursor *c)
+{
+    const char *keys[SIMPLE_KEYS];
+    size_t lens[SIMPLE_KEYS], nkeys = 0;
+    c->p++; /* '{' */
+    simple_ws(c);
+    if (*c->p == '}') {
+        c->p++;
+        return 1;
+    }
+    for (;;) {
+        const char *k;
+        size_t kn;
+        simple_ws(c);
+        if (nkeys == SIMPLE_KEYS || !simple_string(c, &k, &kn)) return 0;
+        for (size_t i = 0; i < nkeys; i++)
+            if (lens[i] == kn && memcmp(keys[i], k, kn) == 0) return 0; /* duplicate */
+        keys[nkeys] = k;
+        lens[nkeys++] = kn;
+        simple_ws(c);
+        if (*c->p++ != ':' || !simple_value(c)) return 0;
+        simple_ws(c);
+        if (*c->p == '}') {
+            c->p++;
+            return 1;
+        }
+        if (*c->p++ != ',') return 0;
+    }
+}
+
+static int simple_elements(simple_cursor *c)
+{
+    c->p++; /* '[' */
+    simple_ws(c);
+    if (*c->p == ']') {
+        c->p++;
+        return 1;
+    }
+    for (;;) {
+        if (!simple_value(c)) return 0;
+        simple_ws(c);
+        if (*c->p == ']') {
+            c->p++;
+            return 1;
+        }
+        if (*c->p++ != ',') return 0;
+    }
+}
+
+static int simple_value(simple_cursor *c)
+{
+    simple_ws(c);
+    const char *s;
+    size_t n;
+    switch (*c->p) {
+    case '"': return simple_string(c, &s, &n);
+    case '{':
+    case '[': {
+        if (c->depth == SIMPLE_DEPTH) return 0;
+        c->depth++;
+        int ok = *c->p == '{' ? simple_members(c) : simple_elements(c);
+        c->depth--;
+        return ok;
+    }
+    case 't': return strncmp(c->p, "true", 4) == 0 ? (c->p += 4, 1) : 0;
+    case 'f': return strncmp(c->p, "false", 5) == 0 ? (c->p += 5, 1) : 0;
+    case 'n': return strncmp(c->p, "null", 4) == 0 ? (c->p += 4, 1) : 0;
+    default: break;
+    }
+    /* -?(0|[1-9][0-9]{0,14}) not followed by a fraction or an exponent */
+    const char *q = c->p;
+    if (*q == '-') q++;
+    const char *digits = q;
+    while (*q >= '0' && *q <= '9') q++;
+    size_t nd = (size_t)(q - digits);
+    if (nd == 0 || nd > 15 || (nd > 1 && digits[0] == '0')) return 0;
+    if (*q == '.' || *q == 'e' || *q == 'E') return 0;
+    c->p = q;
+    return 1;
+}
+
+static int simple_object(const char *text)
+{
+    simple_cursor c = {.p = text, .depth = 0};
+    simple_ws(&c);
+    if (*c.p != '{' || !simple_value(&c)) return 0;
+    simple_ws(&c);
+    return *c.p == '\0';
+}
+
 static MID_RESULT check_details(const char *details)
 {
     if (details == NULL) return MID_OK_RESULT;
     size_t n = strnlen(details, (size_t)STORE_AUDIT_DETAILS_MAX + 1);
     MID_ENSURE(n <= STORE_AUDIT_DETAILS_MAX, MID_E_TOO_LARGE,
                "audit event: details is longer than %d bytes", STORE_AUDIT_DETAILS_MAX);
+    if (simple_object(details)) return MID_OK_RESULT;
     json_error_t jerr;
     json_t *j = json_loads(details, JSON_REJECT_DUPLICATES, &jerr);
     MID_ENSURE(j != NULL, MID_E_INVALID, "audit event: details is not valid JSON: %s (line %d)",

@@ -225,24 +225,28 @@ MID_RESULT store_cert_insert_many(store *st, const store_cert *certs, const stor
                                   size_t n, mid_result *results);
 
 /* store_cert_insert_many in two halves, so that the caller can go on
- * working while the certificates are written (ca_issue_batch signs the
- * next ones). _start validates exactly as store_cert_insert_many does,
- * filling results[i] for every certificate refused on this thread, queues
- * the rest as one writer request without waiting for it, and returns
- * MID_E_OK with *out set; MID_E_INVALID with nothing queued and *out
- * untouched for missing arguments or n out of range, MID_E_NOMEM likewise.
- * Until the matching store_cert_batch_wait, `certs`, `evs`, the strings
- * and bytes they point to and `results` must stay valid and unchanged,
- * and nothing of the request is durable: no certificate may be handed out
- * yet. store_cert_batch_wait(b) blocks until the request is committed (or
- * failed), fills the remaining results[i], frees b and returns what
- * store_cert_insert_many would have returned (this thread's last error
- * then describes the first failed certificate). It must be called exactly
- * once for every successful _start, before store_close. */
+ * working while the certificates are written (ca_issue_batch signs other
+ * requests meanwhile). _start validates exactly as store_cert_insert_many
+ * does, filling results[i] for every certificate refused on this thread,
+ * queues the rest as one writer request without waiting for it, and
+ * returns MID_E_OK with *out set; MID_E_INVALID with nothing queued and
+ * *out untouched for missing arguments or n out of range, MID_E_NOMEM
+ * likewise. Until the matching store_cert_batch_wait, `certs`, `evs`, the
+ * strings and bytes they point to and `results` must stay valid and
+ * unchanged, and nothing of the request is durable: no certificate may be
+ * handed out yet. `notify`, if not NULL, is called once with `arg` on the
+ * store's writer thread when the request is finished (committed or failed),
+ * just before store_cert_batch_wait stops blocking; it must be quick and
+ * must not call the store. store_cert_batch_wait(b) blocks until the
+ * request is finished, fills the remaining results[i], frees b and returns
+ * what store_cert_insert_many would have returned (this thread's last
+ * error then describes the first failed certificate). It must be called
+ * exactly once for every successful _start, before store_close. */
 typedef struct store_cert_batch store_cert_batch;
 MID_RESULT store_cert_insert_many_start(store *st, const store_cert *certs,
                                         const store_audit_event *evs, size_t n,
-                                        mid_result *results, store_cert_batch **out);
+                                        mid_result *results, void (*notify)(void *arg),
+                                        void *arg, store_cert_batch **out);
 MID_RESULT store_cert_batch_wait(store_cert_batch *b);
 
 /* Reads one certificate by serial; MID_E_NOT_FOUND if absent. */

@@ -17,6 +17,7 @@
 #include "lib/rpc.h"
 #include "meshcore/ads.h"
 #include "meshcore/xds_snapshot.h"
+#include "tests/testlib/rpc_wait.h"
 #include "tests/unit/ads/ads_tests.h"
 
 typedef Envoy__Service__Discovery__V3__DiscoveryRequest disc_req;
@@ -72,8 +73,6 @@ struct fx {
     cli *c[MAXCLI];
     size_t ncli;
     bool stop_on_msg;
-    bool timed_out;
-    rpc_timer *timer;
     /* ACK hook */
     xds_type want_t;
     char want_ver[XDS_VERSION_LEN + 1];
@@ -193,44 +192,30 @@ static int fx_teardown(void **state)
     return 0;
 }
 
-static void on_timer(rpc_loop *loop, void *arg)
-{
-    fx *f = arg;
-    f->timed_out = true;
-    f->timer = NULL;
-    rpc_loop_stop(loop);
-}
-
-/* Runs the loop until a callback stops it or `ms` pass; true on timeout. */
-static bool run_for(fx *f, int64_t ms)
-{
-    f->timed_out = false;
-    OK(rpc_timer_add(f->loop, ms, on_timer, f, &f->timer));
-    OK(rpc_loop_run(f->loop));
-    if (f->timer) rpc_timer_cancel(f->loop, f->timer);
-    f->timer = NULL;
-    return f->timed_out;
-}
-
 static void wait_n(cli *c, size_t n)
 {
-    while (c->n < n && !c->done) assert_false(run_for(c->f, WAIT_MS));
-    assert_true(c->n >= n);
+    tl_wait_count(c->f->loop, &c->n, n, &c->done, WAIT_MS);
 }
 
 static void wait_done(cli *c)
 {
-    while (!c->done) assert_false(run_for(c->f, WAIT_MS));
+    tl_wait_end(c->f->loop, &c->done, WAIT_MS);
+}
+
+/* Waits for c's stream to end, which must be with `code` and, unless needle
+ * is NULL, a status message containing needle. */
+static void expect_end(cli *c, rpc_code code, const char *needle)
+{
+    wait_done(c);
+    assert_int_equal(c->code, code);
+    if (needle && !strstr(c->status, needle))
+        fail_msg("status \"%s\" lacks \"%s\"", c->status, needle);
 }
 
 /* Nothing arrives on c for QUIET_MS (longer than the debounce). */
 static void quiet(cli *c)
 {
-    size_t before = c->n;
-    bool done = c->done;
-    run_for(c->f, QUIET_MS);
-    assert_int_equal(c->n, before);
-    assert_int_equal(c->done, done);
+    tl_quiet(c->f->loop, &c->n, &c->done, QUIET_MS);
 }
 
 static ads_stats stats(fx *f)
@@ -584,21 +569,16 @@ static void test_sotw_bad_requests(void **state)
     r.node = &node;
     r.type_url = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
     OK(rpc_stream_send(c->st, &r.base));
-    wait_done(c);
-    assert_int_equal(c->code, RPC_INVALID_ARGUMENT);
-    assert_non_null(strstr(c->status, "envoy.extensions.transport_sockets.tls.v3.Secret"));
+    expect_end(c, RPC_INVALID_ARGUMENT, "envoy.extensions.transport_sockets.tls.v3.Secret");
     /* empty type */
     c = cli_open(f, false);
     r.type_url = "";
     OK(rpc_stream_send(c->st, &r.base));
-    wait_done(c);
-    assert_int_equal(c->code, RPC_INVALID_ARGUMENT);
+    expect_end(c, RPC_INVALID_ARGUMENT, NULL);
     /* no node on the first request */
     c = cli_open(f, false);
     sotw_send(c, CDS, NULL, 0, NULL, false, NULL);
-    wait_done(c);
-    assert_int_equal(c->code, RPC_INVALID_ARGUMENT);
-    assert_non_null(strstr(c->status, "node"));
+    expect_end(c, RPC_INVALID_ARGUMENT, "node");
     /* a different node later */
     c = cli_open(f, false);
     sotw_sub(c, CDS, NULL, 0, true);
@@ -606,9 +586,7 @@ static void test_sotw_bad_requests(void **state)
     sotw_send(c, LDS, NULL, 0, NULL, false, NODE); /* the same node again is fine */
     wait_n(c, 2);
     sotw_send(c, RDS, NULL, 0, NULL, false, "other-node");
-    wait_done(c);
-    assert_int_equal(c->code, RPC_INVALID_ARGUMENT);
-    assert_non_null(strstr(c->status, "node changed"));
+    expect_end(c, RPC_INVALID_ARGUMENT, "node changed");
     /* over-long name */
     c = cli_open(f, false);
     char *longname = malloc(ADS_NAME_MAX + 2);
@@ -639,9 +617,7 @@ static void test_sotw_max_names(void **state)
     char nonce[64];
     sotw_get(c, 0, EDS, NULL, 0, nonce, NULL);
     sotw_send(c, EDS, three, 3, nonce, false, NULL);
-    wait_done(c);
-    assert_int_equal(c->code, RPC_INVALID_ARGUMENT);
-    assert_non_null(strstr(c->status, "too many eds"));
+    expect_end(c, RPC_INVALID_ARGUMENT, "too many eds");
 }
 
 static void test_sotw_resolve_errors(void **state)
@@ -650,24 +626,19 @@ static void test_sotw_resolve_errors(void **state)
     f->fail = MID_E_DENIED;
     cli *c = cli_open(f, false);
     sotw_sub(c, CDS, NULL, 0, true);
-    wait_done(c);
-    assert_int_equal(c->code, RPC_PERMISSION_DENIED);
-    assert_non_null(strstr(c->status, "no workload registered for node sidecar~10.0.0.1"));
+    expect_end(c, RPC_PERMISSION_DENIED, "no workload registered for node sidecar~10.0.0.1");
     f->fail = MID_E_NOT_FOUND;
     c = cli_open(f, false);
     sotw_sub(c, CDS, NULL, 0, true);
-    wait_done(c);
-    assert_int_equal(c->code, RPC_FAILED_PRECONDITION);
+    expect_end(c, RPC_FAILED_PRECONDITION, NULL);
     f->fail = MID_E_INVALID;
     c = cli_open(f, false);
     sotw_sub(c, CDS, NULL, 0, true);
-    wait_done(c);
-    assert_int_equal(c->code, RPC_INVALID_ARGUMENT);
+    expect_end(c, RPC_INVALID_ARGUMENT, NULL);
     f->fail = MID_E_DB;
     c = cli_open(f, false);
     sotw_sub(c, CDS, NULL, 0, true);
-    wait_done(c);
-    assert_int_equal(c->code, RPC_UNAVAILABLE);
+    expect_end(c, RPC_UNAVAILABLE, NULL);
     assert_null(strstr(c->status, "no workload")); /* internal details stay in the log */
     /* a working stream whose proxy disappears later is ended on the push */
     f->fail = 0;
@@ -676,8 +647,7 @@ static void test_sotw_resolve_errors(void **state)
     wait_n(c, 1);
     f->fail = MID_E_NOT_FOUND;
     notify(f, NULL);
-    wait_done(c);
-    assert_int_equal(c->code, RPC_FAILED_PRECONDITION);
+    expect_end(c, RPC_FAILED_PRECONDITION, NULL);
     assert_int_equal(stats(f).aborted, 5);
 }
 
@@ -798,7 +768,7 @@ static void test_debounce(void **state)
     for (int i = 0; i < 10; i++) notify(f, mk("a=9,b=1,c=1", "", "", ""));
     wait_n(c1, 2);
     wait_n(c2, 2);
-    run_for(f, QUIET_MS);
+    tl_run_for(f->loop, QUIET_MS);
     assert_int_equal(f->resolves, before + 2); /* one per stream */
     assert_int_equal(c1->n, 2);
     assert_int_equal(c2->n, 2);
@@ -831,7 +801,7 @@ static void test_notify_async(void **state)
     char vals[256];
     sotw_get(c, 1, CDS, vals, sizeof vals, NULL, NULL);
     assert_string_equal(vals, "a=3,b=1,c=1");
-    run_for(f, QUIET_MS);
+    tl_run_for(f->loop, QUIET_MS);
     assert_true(f->resolves <= 3); /* merged */
 }
 
@@ -842,21 +812,18 @@ static void test_half_close_and_shutdown(void **state)
     sotw_sub(c, CDS, NULL, 0, true);
     wait_n(c, 1);
     OK(rpc_stream_close_send(c->st));
-    wait_done(c);
-    assert_int_equal(c->code, RPC_OK);
+    expect_end(c, RPC_OK, NULL);
     cli *d = cli_open(f, true);
     delta_send(d, CDS, NULL, 0, NULL, 0, NULL, false, NULL, 0, true);
     wait_n(d, 1);
     ads_server_notify(f->ads);
     ads_server_shutdown(f->ads);
     ads_server_notify(f->ads); /* no-op */
-    wait_done(d);
-    assert_int_equal(d->code, RPC_UNAVAILABLE);
+    expect_end(d, RPC_UNAVAILABLE, NULL);
     cli *e = cli_open(f, false); /* refused after shutdown */
     sotw_sub(e, CDS, NULL, 0, true);
-    wait_done(e);
-    assert_int_equal(e->code, RPC_UNAVAILABLE);
-    run_for(f, QUIET_MS);
+    expect_end(e, RPC_UNAVAILABLE, NULL);
+    tl_run_for(f->loop, QUIET_MS);
     assert_int_equal(stats(f).streams, 0);
 }
 
@@ -890,13 +857,11 @@ static void test_slow_reader_aborted(void **state)
     rpc_stream_pause(c->st, true);
     for (int i = 0; i < 400 && stats(f).aborted == 0; i++) {
         notify(f, big(i % 2 ? 'x' : 'y'));
-        run_for(f, DEBOUNCE_MS + 10);
+        tl_run_for(f->loop, DEBOUNCE_MS + 10);
     }
     assert_int_equal(stats(f).aborted, 1);
     rpc_stream_pause(c->st, false);
-    wait_done(c);
-    assert_int_equal(c->code, RPC_RESOURCE_EXHAUSTED);
-    assert_non_null(strstr(c->status, "not reading"));
+    expect_end(c, RPC_RESOURCE_EXHAUSTED, "not reading");
 }
 
 static int budget_setup(void **state)
@@ -918,7 +883,7 @@ static char first_byte(cli *c, size_t i)
 /* Runs the loop until cond(f) or WAIT_MS. */
 static void wait_until(fx *f, bool (*cond)(fx *f))
 {
-    for (int i = 0; i < WAIT_MS / 50 && !cond(f); i++) run_for(f, 50);
+    for (int i = 0; i < WAIT_MS / 50 && !cond(f); i++) tl_run_for(f->loop, 50);
     assert_true(cond(f));
 }
 
@@ -956,7 +921,7 @@ static void test_queue_budget(void **state)
     for (int i = 0; i < 600 && stats(f).aborted == 0; i++) {
         notify(f, big(i % 2 ? 'p' : 'q'));
         pushes++;
-        run_for(f, DEBOUNCE_MS + 10);
+        tl_run_for(f->loop, DEBOUNCE_MS + 10);
         if (stats(f).waiting > max_waiting) max_waiting = stats(f).waiting;
     }
     assert_int_equal(stats(f).aborted, 1);
@@ -967,15 +932,13 @@ static void test_queue_budget(void **state)
     notify(f, big('z'));
     pushes++;
     wait_until(f, bc_have_z);
-    run_for(f, QUIET_MS);
+    tl_run_for(f->loop, QUIET_MS);
     for (int k = 1; k < 3; k++) {
         assert_int_equal(first_byte(f->c[k], f->c[k]->n - 1), 'z');
         assert_true(f->c[k]->n < (size_t)pushes);
     }
     rpc_stream_pause(a->st, false);
-    wait_done(a);
-    assert_int_equal(a->code, RPC_RESOURCE_EXHAUSTED);
-    assert_non_null(strstr(a->status, "not reading"));
+    expect_end(a, RPC_RESOURCE_EXHAUSTED, "not reading");
     assert_int_equal(stats(f).aborted, 1);
     assert_int_equal(stats(f).waiting, 0);
 }
@@ -994,14 +957,14 @@ static void test_many_streams_one_push(void **state)
         sotw_sub(c, CDS, NULL, 0, true);
         sotw_sub(c, EDS, eds, 3, false);
     }
-    while (f->acks_seen < MAXCLI) assert_false(run_for(f, WAIT_MS));
+    while (f->acks_seen < MAXCLI) assert_false(tl_run_for(f->loop, WAIT_MS));
     assert_int_equal(stats(f).names, 3); /* stored once for all streams */
     /* one registry change, one notify: every client gets and ACKs it */
     set_snap(f, mk("a=1,b=7,c=1", "", "", ""));
     f->acks_seen = 0;
     snprintf(f->want_ver, sizeof f->want_ver, "%s", xds_snapshot_version(f->cur, CDS));
     ads_server_notify(f->ads);
-    while (f->acks_seen < MAXCLI) assert_false(run_for(f, WAIT_MS));
+    while (f->acks_seen < MAXCLI) assert_false(tl_run_for(f->loop, WAIT_MS));
     assert_int_equal(stats(f).pushes, MAXCLI);
     assert_int_equal(stats(f).streams, MAXCLI);
     assert_int_equal(f->resolves, 2 * MAXCLI);
@@ -1170,18 +1133,14 @@ static void test_delta_bad_requests(void **state)
     r.node = &node;
     r.type_url = "type.googleapis.com/envoy.config.cluster.v3.Clusters";
     OK(rpc_stream_send(c->st, &r.base));
-    wait_done(c);
-    assert_int_equal(c->code, RPC_INVALID_ARGUMENT);
-    assert_non_null(strstr(c->status, "Clusters"));
+    expect_end(c, RPC_INVALID_ARGUMENT, "Clusters");
     c = cli_open(f, true);
     delta_send(c, CDS, NULL, 0, NULL, 0, NULL, false, NULL, 0, false); /* no node */
-    wait_done(c);
-    assert_int_equal(c->code, RPC_INVALID_ARGUMENT);
+    expect_end(c, RPC_INVALID_ARGUMENT, NULL);
     f->fail = MID_E_DENIED;
     c = cli_open(f, true);
     delta_send(c, CDS, NULL, 0, NULL, 0, NULL, false, NULL, 0, true);
-    wait_done(c);
-    assert_int_equal(c->code, RPC_PERMISSION_DENIED);
+    expect_end(c, RPC_PERMISSION_DENIED, NULL);
 }
 
 int run_ads_tests(void)

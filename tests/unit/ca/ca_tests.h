@@ -17,6 +17,7 @@ int ca_test_csr(void);
 int ca_test_x509(void);
 int ca_test_x509_der(void);
 int ca_test_issue(void);
+int ca_test_batch(void);
 int ca_test_bundle(void);
 int ca_test_upstream(void);
 int ca_test_audit_head(void);

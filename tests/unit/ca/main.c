@@ -11,6 +11,7 @@ int main(void)
     failed += ca_test_x509();
     failed += ca_test_x509_der();
     failed += ca_test_issue();
+    failed += ca_test_batch();
     failed += ca_test_bundle();
     failed += ca_test_upstream();
     failed += ca_test_audit_head();

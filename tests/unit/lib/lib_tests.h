@@ -7,5 +7,7 @@ int run_result_tests(void);
 int run_timeutil_tests(void);
 int run_fsutil_tests(void);
 int run_pbjson_tests(void);
+int run_quote_tests(void);
+int run_hash_tests(void);
 
 #endif

@@ -8,5 +8,7 @@ int main(void)
     failed += run_timeutil_tests();
     failed += run_fsutil_tests();
     failed += run_pbjson_tests();
+    failed += run_quote_tests();
+    failed += run_hash_tests();
     return failed == 0 ? 0 : 1;
 }

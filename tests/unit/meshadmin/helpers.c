@@ -1,33 +1,24 @@
 /* Fixtures shared by the mesh admin tests. */
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "meshcore/yaml_load.h"
+#include "storage/store_mesh.h"
+#include "tests/testlib/ca_fixtures.h"
 #include "tests/unit/meshadmin/meshadmin_tests.h"
 
 void ma_tmp_init(ma_tmp *t)
 {
-    const char *base = getenv("TMPDIR");
-    if (base == NULL || *base == '\0') base = "/tmp";
-    snprintf(t->dir, sizeof t->dir, "%s/meshid-meshadmin-XXXXXX", base);
-    if (mkdtemp(t->dir) == NULL) fail_msg("mkdtemp %s failed", t->dir);
-    snprintf(t->db, sizeof t->db, "%s/meshid.db", t->dir);
-}
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
+    char *dir = cafx_tmpdir();
+    snprintf(t->dir, sizeof t->dir, "%s", dir);
+    free(dir);
+    cafx_db_path(t->dir, t->db, sizeof t->db);
 }
 
 void ma_tmp_cleanup(ma_tmp *t)
 {
-    if (t->dir[0] != '\0') nftw(t->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    if (t->dir[0] != '\0') cafx_rmtree(t->dir);
 }
 
 store *ma_open_store(const ma_tmp *t)
@@ -41,6 +32,15 @@ store *ma_open_store(const ma_tmp *t)
 void ma_parse(const char *yaml, const char *source, mesh_doc **docs, size_t *n)
 {
     assert_mid_ok(mesh_yaml_parse(yaml, strlen(yaml), source, docs, n));
+}
+
+size_t ma_stored_count(store *st)
+{
+    store_mesh_row *rows = NULL;
+    size_t n = 0;
+    assert_mid_ok(store_mesh_list(st, NULL, &rows, &n, NULL));
+    store_mesh_list_free(rows, n);
+    return n;
 }
 
 typedef struct {

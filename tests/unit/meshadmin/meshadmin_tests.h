@@ -15,24 +15,7 @@
 #include "lib/result.h"
 #include "meshcore/model.h"
 #include "storage/store.h"
-
-#define assert_mid_ok(expr)                                                            \
-    do {                                                                               \
-        mid_result t_r_ = (expr);                                                      \
-        if (!mid_is_ok(t_r_)) fail_msg("%s: %s", #expr, mid_errmsg());                 \
-    } while (0)
-#define assert_mid_err(expr, code)                                                     \
-    do {                                                                               \
-        mid_result t_r_ = (expr);                                                      \
-        if (t_r_.err != (code))                                                        \
-            fail_msg("%s: expected %s, got %s (%s)", #expr, mid_errname(code),         \
-                     mid_errname(t_r_.err), mid_errmsg());                             \
-    } while (0)
-#define assert_contains(hay, needle)                                                   \
-    do {                                                                               \
-        if (strstr((hay), (needle)) == NULL)                                           \
-            fail_msg("\"%s\" does not contain \"%s\"", (hay), (needle));               \
-    } while (0)
+#include "tests/testlib/mid_assert.h"
 
 /* A temporary directory holding meshid.db. */
 typedef struct {
@@ -46,6 +29,9 @@ store *ma_open_store(const ma_tmp *t);
 
 /* Parses YAML text (fails the test on error). */
 void ma_parse(const char *yaml, const char *source, mesh_doc **docs, size_t *n);
+
+/* Number of mesh resources in the store. */
+size_t ma_stored_count(store *st);
 
 /* Number of audit events with type `event` (NULL: all). */
 int64_t ma_count_events(store *st, const char *event);

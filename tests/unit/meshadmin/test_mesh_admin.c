@@ -12,6 +12,7 @@
 #include "meshid/admin/v1/admin.pb-c.h"
 #include "sds/server.h"
 #include "storage/store_mesh.h"
+#include "tests/testlib/rpc_wait.h"
 #include "tests/unit/meshadmin/meshadmin_tests.h"
 
 #define TD "cluster.local"
@@ -90,11 +91,7 @@ typedef struct {
     /* the changed callback */
     int changed;
     int64_t changed_rev;
-    /* last unary result */
-    bool waiting;
-    rpc_code code;
-    char msg[2048];
-    ProtobufCMessage *resp;
+    char msg[2048]; /* status message of the last unary call */
 } fx;
 
 static void on_changed(void *ctx, int64_t rev)
@@ -104,47 +101,13 @@ static void on_changed(void *ctx, int64_t rev)
     f->changed_rev = rev;
 }
 
-static void on_timeout(rpc_loop *loop, void *arg)
-{
-    (void)arg;
-    rpc_loop_stop(loop);
-    fail_msg("timed out");
-}
-
-static void on_unary(const rpc_status *st, const ProtobufCMessage *resp, void *arg)
-{
-    fx *f = arg;
-    f->code = st->code;
-    snprintf(f->msg, sizeof f->msg, "%s", st->message ? st->message : "");
-    f->resp = NULL;
-    if (resp) {
-        size_t n = protobuf_c_message_get_packed_size(resp);
-        uint8_t *buf = malloc(n + 1);
-        protobuf_c_message_pack(resp, buf);
-        f->resp = protobuf_c_message_unpack(resp->descriptor, NULL, n, buf);
-        free(buf);
-    }
-    f->waiting = false;
-    rpc_loop_stop(f->loop);
-}
-
 /* One unary call on ch; returns the code, *resp (may be NULL) owned by the caller. */
 static rpc_code unary_on(fx *f, rpc_channel *ch, const char *method, const ProtobufCMessage *req,
                          const ProtobufCMessageDescriptor *desc, void *resp)
 {
-    rpc_call_opts o = {.timeout_ms = 10000};
     char path[128];
     snprintf(path, sizeof path, ADMIN "%s", method);
-    f->waiting = true;
-    assert_mid_ok(rpc_unary(ch, path, req, desc, &o, on_unary, f));
-    rpc_timer *t;
-    assert_mid_ok(rpc_timer_add(f->loop, TIMEOUT_MS, on_timeout, f, &t));
-    while (f->waiting) assert_mid_ok(rpc_loop_run(f->loop));
-    rpc_timer_cancel(f->loop, t);
-    if (resp) *(ProtobufCMessage **)resp = f->resp;
-    else if (f->resp) protobuf_c_message_free_unpacked(f->resp, NULL);
-    f->resp = NULL;
-    return f->code;
+    return tl_unary(f->loop, ch, path, req, desc, TIMEOUT_MS, f->msg, sizeof f->msg, resp);
 }
 
 static rpc_code unary(fx *f, const char *method, const ProtobufCMessage *req,
@@ -215,15 +178,6 @@ static rpc_code apply(fx *f, const char *const *names, const char *const *texts,
                  &meshid__admin__v1__apply_resources_response__descriptor, resp);
 }
 
-static size_t stored_count(fx *f)
-{
-    store_mesh_row *rows = NULL;
-    size_t n = 0;
-    assert_mid_ok(store_mesh_list(f->st, NULL, &rows, &n, NULL));
-    store_mesh_list_free(rows, n);
-    return n;
-}
-
 static void apply_ok(fx *f)
 {
     const char *names[] = {"svc.yaml", "pol.yaml"};
@@ -246,7 +200,7 @@ static void test_apply_actions_and_changed(void **state)
     assert_int_equal(resp->n_resources, 2);
     assert_string_equal(resp->resources[0]->action, "created");
     free_msg(resp);
-    assert_int_equal(stored_count(f), 0);
+    assert_int_equal(ma_stored_count(f->st), 0);
     assert_int_equal(f->changed, 0);
 
     assert_int_equal(apply(f, names, texts, 2, false, NULL, &resp), RPC_OK);
@@ -282,7 +236,7 @@ static void test_apply_all_or_nothing(void **state)
     assert_int_equal(apply(f, names, texts, 1, false, NULL, NULL), RPC_INVALID_ARGUMENT);
     assert_contains(f->msg, "bad.yaml:17:");
     assert_contains(f->msg, "spec.rules[0].when");
-    assert_int_equal(stored_count(f), 0);
+    assert_int_equal(ma_stored_count(f->st), 0);
     assert_int_equal(f->changed, 0);
 
     /* a good file and a bad one: neither */
@@ -290,7 +244,7 @@ static void test_apply_all_or_nothing(void **state)
     const char *texts2[] = {SVC, "kind: ServiceEntry\nspec: [\n"};
     assert_int_equal(apply(f, names2, texts2, 2, false, NULL, NULL), RPC_INVALID_ARGUMENT);
     assert_contains(f->msg, "worse.yaml:");
-    assert_int_equal(stored_count(f), 0);
+    assert_int_equal(ma_stored_count(f->st), 0);
 
     /* the same resource in two files */
     const char *names3[] = {"one.yaml", "two.yaml"};
@@ -298,7 +252,7 @@ static void test_apply_all_or_nothing(void **state)
     assert_int_equal(apply(f, names3, texts3, 2, false, NULL, NULL), RPC_INVALID_ARGUMENT);
     assert_contains(f->msg, "two.yaml:1");
     assert_contains(f->msg, "one.yaml:1");
-    assert_int_equal(stored_count(f), 0);
+    assert_int_equal(ma_stored_count(f->st), 0);
 
     /* a host conflict with what is stored */
     apply_ok(f);
@@ -311,7 +265,7 @@ static void test_apply_all_or_nothing(void **state)
     assert_int_equal(apply(f, names4, texts4, 1, false, NULL, NULL), RPC_INVALID_ARGUMENT);
     assert_contains(f->msg, "thief.yaml:1: spec.hosts[0]");
     assert_contains(f->msg, "default/details");
-    assert_int_equal(stored_count(f), 2);
+    assert_int_equal(ma_stored_count(f->st), 2);
     assert_int_equal(f->changed, 1);
 }
 
@@ -377,7 +331,7 @@ static void test_apply_bad_requests(void **state)
     const char *t7[] = {hosts};
     assert_int_equal(apply(f, n1, t7, 1, false, NULL, NULL), RPC_INVALID_ARGUMENT);
     assert_contains(f->msg, "spec.hosts");
-    assert_int_equal(stored_count(f), 0);
+    assert_int_equal(ma_stored_count(f->st), 0);
     /* only_kind */
     const char *n8[] = {"p.yaml"};
     const char *t8[] = {POL};
@@ -386,7 +340,7 @@ static void test_apply_bad_requests(void **state)
     assert_int_equal(apply(f, n8, t8, 1, false, "bogus", NULL), RPC_INVALID_ARGUMENT);
     assert_contains(f->msg, "unknown kind");
     assert_int_equal(apply(f, n8, t8, 1, false, "policy", NULL), RPC_OK);
-    assert_int_equal(stored_count(f), 1);
+    assert_int_equal(ma_stored_count(f->st), 1);
 }
 
 /* ---- resources ------------------------------------------------------------------- */
@@ -459,13 +413,13 @@ static void test_list_get_delete(void **state)
     assert_int_equal(f->changed, 2);
     assert_int_equal(f->changed_rev, 2);
     assert_int_equal(ma_count_events(f->st, "mesh.delete"), 1);
-    assert_int_equal(stored_count(f), 1);
+    assert_int_equal(ma_stored_count(f->st), 1);
     dr.kind = (char *)"service";
     dr.name = (char *)"details.default.svc";
     assert_int_equal(unary(f, "DeleteResource", &dr.base,
                            &meshid__admin__v1__delete_resource_response__descriptor, NULL),
                      RPC_OK);
-    assert_int_equal(stored_count(f), 0);
+    assert_int_equal(ma_stored_count(f->st), 0);
 }
 
 /* ---- endpoints -------------------------------------------------------------------- */

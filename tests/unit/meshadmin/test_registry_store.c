@@ -123,15 +123,6 @@ static int64_t apply_yaml(fx *f, const char *yaml, const char *src)
     return rev;
 }
 
-static size_t stored_count(fx *f)
-{
-    store_mesh_row *rows = NULL;
-    size_t n = 0;
-    assert_mid_ok(store_mesh_list(f->st, NULL, &rows, &n, NULL));
-    store_mesh_list_free(rows, n);
-    return n;
-}
-
 static int64_t mesh_rev(fx *f)
 {
     int64_t r = -1;
@@ -330,7 +321,7 @@ static void test_plan_delete(void **state)
     assert_mid_ok(mesh_plan_commit(f->st, p, &co, &rev));
     assert_int_equal(rev, 3);
     mesh_plan_free(p);
-    assert_int_equal(stored_count(f), 1);
+    assert_int_equal(ma_stored_count(f->st), 1);
     assert_int_equal(ma_count_events(f->st, "mesh.delete"), 1);
 }
 
@@ -392,7 +383,7 @@ static void test_host_conflict_refused_before_writing(void **state)
     mesh_plan_free(p);
     mesh_doc_list_free(docs, n);
     /* nothing of the two (b was fine on its own) was written */
-    assert_int_equal(stored_count(f), 1);
+    assert_int_equal(ma_stored_count(f->st), 1);
     assert_int_equal(mesh_rev(f), 1);
     assert_int_equal(ma_count_events(f->st, NULL), events);
 
@@ -411,7 +402,7 @@ static void test_host_conflict_refused_before_writing(void **state)
     assert_mid_ok(mesh_plan_commit(f->st, p, &co, NULL));
     mesh_plan_free(p);
     mesh_doc_list_free(docs, n);
-    assert_int_equal(stored_count(f), 2);
+    assert_int_equal(ma_stored_count(f->st), 2);
 
     /* two new services in one plan claiming one host */
     ma_parse(SVC_A, "again.yaml", &docs, &n); /* a wants a.default.svc back */
@@ -528,7 +519,7 @@ static void test_stale_plan_all_or_nothing(void **state)
     co.actor = "stale";
     assert_mid_err(mesh_plan_commit(f->st, stale, &co, NULL), MID_E_STATE);
     mesh_plan_free(stale);
-    assert_int_equal(stored_count(f), 0); /* b was not created either */
+    assert_int_equal(ma_stored_count(f->st), 0); /* b was not created either */
     assert_int_equal(mesh_rev(f), rev);
     assert_int_equal(ma_count_events(f->st, NULL), events);
 

@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "meshcore/model.h"
+#include "meshcore/model_int.h"
 #include "meshcore/yaml_load.h"
 #include "tests/unit/meshcore/meshcore_tests.h"
 
@@ -288,6 +289,15 @@ static void test_json_refusals(void **state)
                              MID_E_INVALID, "rules[0].to[0].ports[0]: must be an integer");
     expect_policy_json_error("{\"namespace\":\"a\",\"name\":\"b\",\"rules\":[1]}", MID_E_INVALID,
                              "rules[0]: must be an object");
+    /* list items are named by their index, at every level */
+    expect_policy_json_error("{\"namespace\":\"a\",\"name\":\"b\",\"rules\":[{},{\"from\":"
+                             "[{},\"x\"]}]}",
+                             MID_E_INVALID, "rules[1].from[1]: must be an object");
+    expect_policy_json_error("{\"namespace\":\"a\",\"name\":\"b\",\"rules\":[{\"to\":"
+                             "[{},{\"paths\":[\"/a\",2]}]}]}",
+                             MID_E_INVALID, "rules[0].to[1].paths[1]: must be a string");
+    expect_service_json_error(SVC_HEAD SVC_PORTS ",\"endpoints\":[{\"address\":\"1.2.3.4\"},[]]}",
+                              MID_E_INVALID, "endpoints[1]: must be an object");
     expect_policy_json_error("{\"namespace\":\"a\",\"name\":\"b\",\"selector\":[]}", MID_E_INVALID,
                              "selector");
     expect_policy_json_error("{\"namespace\":\"a\",\"name\":\"B\"}", MID_E_INVALID,
@@ -496,6 +506,47 @@ static void test_validate_policy_values(void **state)
     assert_msg_has("spec.selector.matchLabels[\"a\"]: labels are not sorted");
 }
 
+/* ---- helpers shared with the YAML loader (model_int.h) ---------------------------- */
+
+static void test_path_key_and_lists(void **state)
+{
+    (void)state;
+    char out[64] = "spec.labels";
+    size_t o = mesh_path_key(out, strlen(out), sizeof out, "a\"b\\c\0d\x7f", 8);
+    assert_string_equal(out, "spec.labels[\"a\\x22b\\x5cc\\x00d\\x7f\"]");
+    assert_int_equal(o, strlen(out));
+    /* a long key is cut to fit, terminated, and still closed when there is room */
+    char small[16];
+    o = mesh_path_key(small, 0, sizeof small, "0123456789abcdef", 16);
+    assert_true(o < sizeof small);
+    assert_int_equal(strlen(small), o);
+    assert_memory_equal(small, "[\"0123456", 9);
+    assert_string_equal(small + o - 2, "\"]");
+    /* no room at all past the base: nothing but the terminator */
+    char tight[4] = "abc";
+    assert_int_equal(mesh_path_key(tight, 3, sizeof tight, "k", 1), 3);
+    assert_string_equal(tight, "abc");
+
+    mesh_label *l = calloc(3, sizeof *l);
+    assert_non_null(l);
+    const char *keys[] = {"zeta", "app", "example.com/mid"};
+    for (int i = 0; i < 3; i++) {
+        l[i].key = strdup(keys[i]);
+        l[i].value = strdup("v");
+    }
+    mesh_labels_sort(l, 3);
+    assert_string_equal(l[0].key, "app");
+    assert_string_equal(l[1].key, "example.com/mid");
+    assert_string_equal(l[2].key, "zeta");
+    mesh_labels_free(l, 3);
+    mesh_labels_free(NULL, 0);
+    char **v = calloc(2, sizeof *v);
+    assert_non_null(v);
+    v[0] = strdup("x"); /* v[1] left NULL, as after a failed read */
+    mesh_strv_free(v, 2);
+    mesh_strv_free(NULL, 0);
+}
+
 int run_model_tests(void)
 {
     const struct CMUnitTest tests[] = {
@@ -505,6 +556,7 @@ int run_model_tests(void)
         cmocka_unit_test(test_json_refusals),
         cmocka_unit_test(test_validate_service),
         cmocka_unit_test(test_validate_policy_values),
+        cmocka_unit_test(test_path_key_and_lists),
     };
     return cmocka_run_group_tests_name("meshcore_model", tests, NULL, NULL);
 }

@@ -15,6 +15,20 @@
 #define ITEMS_CAP 8
 #define LIST_CAP 32
 
+int tb_setup(void **state)
+{
+    arena *a = NULL;
+    if (!mid_is_ok(arena_new(0, &a))) return -1;
+    *state = a;
+    return 0;
+}
+
+int tb_teardown(void **state)
+{
+    arena_free(*state);
+    return 0;
+}
+
 static void *tb_alloc(arena *a, size_t n)
 {
     void *p = arena_calloc(a, n);

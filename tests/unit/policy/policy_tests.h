@@ -16,6 +16,11 @@
 int run_policy_tests(void);
 int run_rbac_tests(void);
 
+/* cmocka group fixtures: *state is a fresh unbounded arena for the
+ * builders, freed after the test. */
+int tb_setup(void **state);
+int tb_teardown(void **state);
+
 /* ---- builders: everything lives in the arena `a`; they fail the running
  * cmocka test when it is exhausted. Lists are comma-separated. ---- */
 

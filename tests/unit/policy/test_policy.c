@@ -15,20 +15,6 @@
 
 #define TD "spiffe://cluster.local"
 
-static int setup(void **state)
-{
-    arena *a = NULL;
-    if (!mid_is_ok(arena_new(0, &a))) return -1;
-    *state = a;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    arena_free(*state);
-    return 0;
-}
-
 static mesh_request http_rq(const char *principal, const char *method, const char *path,
                             uint32_t port, const char *host)
 {
@@ -52,6 +38,24 @@ static mesh_decision decide(mesh_policy **pols, size_t n, const mesh_workload *w
 static int allowed(mesh_policy **pols, size_t n, const mesh_workload *w, mesh_request rq)
 {
     return decide(pols, n, w, rq).allowed;
+}
+
+/* Whether one value of one field, alone in a one-rule policy "foo/p" with
+ * `action`, matches rq: an ALLOW policy allows it, a DENY policy denies it.
+ * principals and namespaces go in from[].source, the rest in
+ * to[].operation. */
+static int value_matches(arena *a, const mesh_workload *w, const char *action, const char *field,
+                         const char *value, mesh_request rq)
+{
+    char spec[128];
+    (void)snprintf(spec, sizeof spec, "%s=%s", field, value);
+    mesh_policy *p = tb_policy(a, "foo", "p", action, NULL);
+    if (strcmp(field, "principals") == 0 || strcmp(field, "namespaces") == 0)
+        tb_source(a, tb_rule(a, p), spec);
+    else
+        tb_operation(a, tb_rule(a, p), spec);
+    int ok = allowed(&p, 1, w, rq);
+    return strcmp(action, "DENY") == 0 ? !ok : ok;
 }
 
 /* DENY policies are evaluated first: a matching DENY wins over a matching ALLOW. */
@@ -256,11 +260,8 @@ static void test_principals(void **state)
         {"cluster.local/ns/foo/sa/a", "cluster.local/ns/foo/sa/a", 0}, /* not a SPIFFE ID */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        char spec[128];
-        (void)snprintf(spec, sizeof spec, "principals=%s", cases[i].value);
-        mesh_policy *p = tb_policy(a, "foo", "p", "ALLOW", NULL);
-        tb_source(a, tb_rule(a, p), spec);
-        int got = allowed(&p, 1, &w, http_rq(cases[i].peer, "GET", "/", 80, "h"));
+        int got = value_matches(a, &w, "ALLOW", "principals", cases[i].value,
+                                http_rq(cases[i].peer, "GET", "/", 80, "h"));
         if (got != cases[i].match)
             fail_msg("principals %s vs %s: got %d", cases[i].value,
                      cases[i].peer ? cases[i].peer : "(none)", got);
@@ -298,11 +299,8 @@ static void test_namespaces(void **state)
         {"*", NULL, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        char spec[128];
-        (void)snprintf(spec, sizeof spec, "namespaces=%s", cases[i].value);
-        mesh_policy *p = tb_policy(a, "foo", "p", "DENY", NULL);
-        tb_source(a, tb_rule(a, p), spec);
-        int denied = !allowed(&p, 1, &w, http_rq(cases[i].peer, "GET", "/", 80, "h"));
+        int denied = value_matches(a, &w, "DENY", "namespaces", cases[i].value,
+                                   http_rq(cases[i].peer, "GET", "/", 80, "h"));
         if (denied != cases[i].match)
             fail_msg("namespaces %s vs %s: got %d", cases[i].value,
                      cases[i].peer ? cases[i].peer : "(none)", denied);
@@ -418,11 +416,8 @@ static void test_hosts(void **state)
         {"*", NULL, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        char spec[128];
-        (void)snprintf(spec, sizeof spec, "hosts=%s", cases[i].value);
-        mesh_policy *p = tb_policy(a, "foo", "p", "ALLOW", NULL);
-        tb_operation(a, tb_rule(a, p), spec);
-        int got = allowed(&p, 1, &w, http_rq(NULL, "GET", "/", 80, cases[i].host));
+        int got = value_matches(a, &w, "ALLOW", "hosts", cases[i].value,
+                                http_rq(NULL, "GET", "/", 80, cases[i].host));
         if (got != cases[i].match)
             fail_msg("hosts %s vs %s: got %d", cases[i].value,
                      cases[i].host ? cases[i].host : "(none)", got);
@@ -523,24 +518,24 @@ static void test_decision_format(void **state)
 int run_policy_tests(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_deny_before_allow, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_no_allow_policy_allows, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_allow_present_none_match, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_allow_nothing_and_empty_deny, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_empty_rule_matches_all, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_selector, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_root_namespace, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_not_principals_star, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_principals, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_namespaces, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_and_or, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_paths, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_methods, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_ports, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_hosts, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_tcp_http_fields, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_unknown_action_fails_closed, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_decision_format, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deny_before_allow, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_no_allow_policy_allows, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_allow_present_none_match, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_allow_nothing_and_empty_deny, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_empty_rule_matches_all, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_selector, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_root_namespace, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_not_principals_star, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_principals, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_namespaces, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_and_or, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_paths, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_methods, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_ports, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_hosts, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_tcp_http_fields, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_action_fails_closed, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_decision_format, tb_setup, tb_teardown),
     };
     return cmocka_run_group_tests_name("policy", tests, NULL, NULL);
 }

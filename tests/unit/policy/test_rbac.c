@@ -24,20 +24,6 @@
 #define MAX_SET 16
 #define ISTIO_WITHIN "tests/data/istio-examples/within/"
 
-static int setup(void **state)
-{
-    arena *a = NULL;
-    if (!mid_is_ok(arena_new(0, &a))) return -1;
-    *state = a;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    arena_free(*state);
-    return 0;
-}
-
 typedef const mesh_policy *const *cpols;
 
 /* ---- the request matrix ------------------------------------------------------ */
@@ -783,16 +769,16 @@ static void test_arena_exhaustion(void **state)
 int run_rbac_tests(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_layout, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_matchers, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_network_filter, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_equivalence_istio_examples, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_equivalence_istio_yaml, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_equivalence_handwritten, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_equivalence_random, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_equivalence_detects_a_wrong_compile, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_arena_exhaustion, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_layout, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_matchers, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_network_filter, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_equivalence_istio_examples, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_equivalence_istio_yaml, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_equivalence_handwritten, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_equivalence_random, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_equivalence_detects_a_wrong_compile, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_bad_arguments, tb_setup, tb_teardown),
+        cmocka_unit_test_setup_teardown(test_arena_exhaustion, tb_setup, tb_teardown),
     };
     return cmocka_run_group_tests_name("rbac", tests, NULL, NULL);
 }

@@ -20,6 +20,7 @@
 
 #include <cmocka.h>
 
+#include "lib/admin_peer.h"
 #include "lib/log.h"
 #include "lib/rpc.h"
 #include "meshid/test/v1/echo.pb-c.h"
@@ -28,6 +29,7 @@
 #define M_ECHO "/meshid.test.v1.Echo/Echo"
 #define M_WATCH "/meshid.test.v1.Echo/Watch"
 #define M_CHAT "/meshid.test.v1.Echo/Chat"
+#define M_ADMIN "/meshid.test.v1.Echo/Admin" /* only on this test server */
 #define TEST_TIMEOUT_MS 20000
 
 extern char **environ;
@@ -508,6 +510,60 @@ static void test_unary_unix(void **state)
     unlink(file);
     fx_free(&f);
     assert_int_equal(f.svc.dones, 3);
+}
+
+/* lib/admin_peer.c on a real call: the echo answered with the audit actor
+ * to the owner over the Unix socket, refused over TCP. */
+static void admin_start(rpc_call *call, const ProtobufCMessage *m, void *ctx)
+{
+    (void)m;
+    echo_svc *s = ctx;
+    s->starts++;
+    char actor[ADMIN_ACTOR_MAX];
+    if (!admin_peer_check(call, "test admin", actor, sizeof actor)) return;
+    EchoResponse resp = MESHID__TEST__V1__ECHO_RESPONSE__INIT;
+    resp.text = actor;
+    resp.peer = (char *)"";
+    assert_true(mid_is_ok(rpc_call_send(call, &resp.base)));
+    assert_true(mid_is_ok(rpc_call_finish(call, RPC_OK, NULL)));
+}
+
+static const rpc_handler admin_h = {.on_start = admin_start, .on_done = echo_done};
+
+static void call_admin(fx *f, bool over_unix)
+{
+    fx_init(f, NULL);
+    assert_true(mid_is_ok(rpc_server_register(f->srv, M_ADMIN, RPC_UNARY, REQ_DESC, &admin_h,
+                                              &f->svc)));
+    if (over_unix) fx_unix(f);
+    else fx_tcp(f, NULL);
+    assert_true(mid_is_ok(rpc_server_start(f->srv)));
+    rpc_channel *ch;
+    assert_true(mid_is_ok(rpc_channel_new(f->loop, f->target, NULL, 0, &ch)));
+    rpc_call_opts o = {.timeout_ms = 5000};
+    EchoRequest req = MESHID__TEST__V1__ECHO_REQUEST__INIT;
+    req.text = (char *)"who";
+    f->pending = 1;
+    assert_true(mid_is_ok(rpc_unary(ch, M_ADMIN, &req.base, RESP_DESC, &o, on_unary, f)));
+    run_loop(f);
+    fx_free(f);
+    assert_int_equal(f->svc.dones, 1);
+}
+
+static void test_admin_peer_check(void **state)
+{
+    (void)state;
+    fx f;
+    call_admin(&f, true);
+    assert_int_equal(f.code, RPC_OK);
+    char want[64];
+    snprintf(want, sizeof want, "admin:uid=%ld", (long)geteuid());
+    assert_string_equal(f.text, want);
+
+    call_admin(&f, false);
+    assert_int_equal(f.code, RPC_PERMISSION_DENIED);
+    assert_string_equal(f.msg, "the admin API is only served on its Unix socket");
+    assert_string_equal(f.text, "");
 }
 
 static void test_unix_conn_cap(void **state)
@@ -1114,6 +1170,7 @@ int run_rpc_tests(void)
         cmocka_unit_test(test_unary_mtls),
         cmocka_unit_test(test_mtls_optional_and_rotate),
         cmocka_unit_test(test_unary_unix),
+        cmocka_unit_test(test_admin_peer_check),
         cmocka_unit_test(test_unix_conn_cap),
         cmocka_unit_test(test_unix_silent_client),
         cmocka_unit_test(test_server_stream_many),

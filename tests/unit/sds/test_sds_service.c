@@ -16,6 +16,7 @@
 #include "lib/rpc.h"
 #include "sds/sds_service.h"
 #include "sds/secrets.h"
+#include "tests/testlib/rpc_wait.h"
 #include "tests/unit/sds/sds_tests.h"
 
 typedef Envoy__Service__Discovery__V3__DiscoveryRequest disc_req;
@@ -44,8 +45,6 @@ typedef struct {
     bool done;
     rpc_code code;
     char status[512];
-    bool timed_out;
-    rpc_timer *timer;
     bool stop_on_msg;
 } fx;
 
@@ -91,44 +90,20 @@ static int fx_teardown(void **state)
     return 0;
 }
 
-static void on_timer(rpc_loop *loop, void *arg)
-{
-    fx *f = arg;
-    f->timed_out = true;
-    f->timer = NULL;
-    rpc_loop_stop(loop);
-}
-
-/* Runs the loop until a callback stops it or `ms` pass; true on timeout. */
-static bool run_for(fx *f, int64_t ms)
-{
-    f->timed_out = false;
-    assert_true(mid_is_ok(rpc_timer_add(f->loop, ms, on_timer, f, &f->timer)));
-    assert_true(mid_is_ok(rpc_loop_run(f->loop)));
-    if (f->timer) rpc_timer_cancel(f->loop, f->timer);
-    f->timer = NULL;
-    return f->timed_out;
-}
-
 static void wait_n(fx *f, size_t n)
 {
-    while (f->n < n && !f->done) assert_false(run_for(f, WAIT_MS));
-    assert_true(f->n >= n);
+    tl_wait_count(f->loop, &f->n, n, &f->done, WAIT_MS);
 }
 
 static void wait_done(fx *f)
 {
-    while (!f->done) assert_false(run_for(f, WAIT_MS));
+    tl_wait_end(f->loop, &f->done, WAIT_MS);
 }
 
 /* Nothing arrives for QUIET_MS. */
 static void quiet(fx *f)
 {
-    size_t before = f->n;
-    bool done = f->done;
-    run_for(f, QUIET_MS);
-    assert_int_equal(f->n, before);
-    assert_int_equal(f->done, done);
+    tl_quiet(f->loop, &f->n, &f->done, QUIET_MS);
 }
 
 static void on_msg(rpc_stream *s, const ProtobufCMessage *m, void *arg)
@@ -528,7 +503,7 @@ static void test_sotw_slow_reader_aborted(void **state)
     for (int i = 0; i < 2000 && stats(f).aborted == 0; i++) {
         sdsfx_set_view(&f->src, sds_view_ref(views[i % 2]));
         sds_service_notify(f->svc);
-        if (i % 8 == 0) run_for(f, 1);
+        if (i % 8 == 0) tl_run_for(f->loop, 1);
     }
     assert_int_equal(stats(f).aborted, 1);
     rpc_stream_pause(f->st, false);
@@ -737,7 +712,7 @@ static void fetch(fx *f, const char *const *names, size_t n, const char *type_ur
     assert_true(mid_is_ok(rpc_unary(f->ch, SDS_M_FETCH, &r.base,
                                     &envoy__service__discovery__v3__discovery_response__descriptor, &o,
                                     on_unary, u)));
-    while (!u->done) assert_false(run_for(f, WAIT_MS));
+    while (!u->done) assert_false(tl_run_for(f->loop, WAIT_MS));
 }
 
 static void unary_free(unary_res *u)

@@ -14,6 +14,7 @@
 #include "lib/rpc.h"
 #include "sds/workload_api.h"
 #include "spiffe/workload.pb-c.h"
+#include "tests/testlib/rpc_wait.h"
 #include "tests/unit/sds/sds_tests.h"
 
 #define WAIT_MS 10000
@@ -35,8 +36,6 @@ typedef struct {
     bool done;
     rpc_code code;
     char status[512];
-    bool timed_out;
-    rpc_timer *timer;
 } wfx;
 
 static int setup(void **state)
@@ -76,42 +75,19 @@ static int teardown(void **state)
     return 0;
 }
 
-static void on_timer(rpc_loop *loop, void *arg)
-{
-    wfx *f = arg;
-    f->timed_out = true;
-    f->timer = NULL;
-    rpc_loop_stop(loop);
-}
-
-static bool run_for(wfx *f, int64_t ms)
-{
-    f->timed_out = false;
-    assert_true(mid_is_ok(rpc_timer_add(f->loop, ms, on_timer, f, &f->timer)));
-    assert_true(mid_is_ok(rpc_loop_run(f->loop)));
-    if (f->timer) rpc_timer_cancel(f->loop, f->timer);
-    f->timer = NULL;
-    return f->timed_out;
-}
-
 static void wait_n(wfx *f, size_t n)
 {
-    while (f->n < n && !f->done) assert_false(run_for(f, WAIT_MS));
-    assert_true(f->n >= n);
+    tl_wait_count(f->loop, &f->n, n, &f->done, WAIT_MS);
 }
 
 static void wait_done(wfx *f)
 {
-    while (!f->done) assert_false(run_for(f, WAIT_MS));
+    tl_wait_end(f->loop, &f->done, WAIT_MS);
 }
 
 static void quiet(wfx *f)
 {
-    size_t before = f->n;
-    bool done = f->done;
-    run_for(f, QUIET_MS);
-    assert_int_equal(f->n, before);
-    assert_int_equal(f->done, done);
+    tl_quiet(f->loop, &f->n, &f->done, QUIET_MS);
 }
 
 static void on_msg(rpc_stream *s, const ProtobufCMessage *m, void *arg)
@@ -309,7 +285,7 @@ static void test_jwt(void **state)
             rpc_md md[] = {{WL_SECURITY_HEADER, "true"}};
             rpc_call_opts o = {.timeout_ms = WAIT_MS, .md = md, .n_md = (size_t)hdr};
             assert_true(mid_is_ok(rpc_unary(f->ch, methods[i], reqs[i], descs[i], &o, on_unary, &u)));
-            while (!u.done) assert_false(run_for(f, WAIT_MS));
+            while (!u.done) assert_false(tl_run_for(f->loop, WAIT_MS));
             assert_int_equal(u.code, hdr ? RPC_UNIMPLEMENTED : RPC_INVALID_ARGUMENT);
             if (hdr) assert_non_null(strstr(u.msg, "JWT-SVID"));
         }
@@ -405,7 +381,8 @@ static void test_bundle_sent_min(void **state)
     int before = hooks;
     rpc_stream_cancel(svid_stream);
     rpc_stream_cancel(bundles_stream);
-    for (int i = 0; i < 5 && workload_api_bundle_sent(f->api, &min) > 0; i++) run_for(f, QUIET_MS);
+    for (int i = 0; i < 5 && workload_api_bundle_sent(f->api, &min) > 0; i++)
+        tl_run_for(f->loop, QUIET_MS);
     assert_int_equal(workload_api_bundle_sent(f->api, &min), 0);
     assert_true(hooks > before);
 }

@@ -30,6 +30,7 @@
 #include "sds/node_service.h"
 #include "sds/server.h"
 #include "storage/store.h"
+#include "tests/testlib/rpc_wait.h"
 #include "tests/unit/server/server_tests.h"
 
 #define TD "t.test"
@@ -49,60 +50,17 @@ typedef struct {
     char agent_id[256];
     char *agent_cert, *agent_key;
     rpc_channel *agent;
-    /* last unary result */
-    bool waiting;
-    rpc_code code;
-    char msg[512];
-    ProtobufCMessage *resp; /* a copy, freed by the test */
+    char msg[512]; /* status message of the last unary call */
 } fx;
 
 /* ---- helpers ------------------------------------------------------------- */
 
 
-static void on_timeout(rpc_loop *loop, void *arg)
-{
-    (void)arg;
-    rpc_loop_stop(loop);
-    fail_msg("timed out");
-}
-
-static void run_until(fx *f, bool *flag)
-{
-    rpc_timer *t;
-    assert_true(mid_is_ok(rpc_timer_add(f->loop, TIMEOUT_MS, on_timeout, f, &t)));
-    while (*flag) assert_true(mid_is_ok(rpc_loop_run(f->loop)));
-    rpc_timer_cancel(f->loop, t);
-}
-
-static void on_unary(const rpc_status *st, const ProtobufCMessage *resp, void *arg)
-{
-    fx *f = arg;
-    f->code = st->code;
-    snprintf(f->msg, sizeof f->msg, "%s", st->message ? st->message : "");
-    f->resp = NULL;
-    if (resp) {
-        size_t n = protobuf_c_message_get_packed_size(resp);
-        uint8_t *buf = malloc(n + 1);
-        protobuf_c_message_pack(resp, buf);
-        f->resp = protobuf_c_message_unpack(resp->descriptor, NULL, n, buf);
-        free(buf);
-    }
-    f->waiting = false;
-    rpc_loop_stop(f->loop);
-}
-
 /* One unary call; returns the code, *resp (may be NULL) owned by caller. */
 static rpc_code unary(fx *f, rpc_channel *ch, const char *method, const ProtobufCMessage *req,
                       const ProtobufCMessageDescriptor *desc, void *resp)
 {
-    rpc_call_opts o = {.timeout_ms = 10000};
-    f->waiting = true;
-    assert_true(mid_is_ok(rpc_unary(ch, method, req, desc, &o, on_unary, f)));
-    run_until(f, &f->waiting);
-    if (resp) *(ProtobufCMessage **)resp = f->resp;
-    else if (f->resp) protobuf_c_message_free_unpacked(f->resp, NULL);
-    f->resp = NULL;
-    return f->code;
+    return tl_unary(f->loop, ch, method, req, desc, TIMEOUT_MS, f->msg, sizeof f->msg, resp);
 }
 
 static void free_msg(void *m)
@@ -575,6 +533,7 @@ typedef struct {
     rpc_code code;
     char msg[256];
     int want_msgs; /* stop the loop when reached */
+    bool waiting;  /* in wait_msgs: neither want_msgs nor the end reached */
 } sync_watch;
 
 static void sync_msg(rpc_stream *s, const ProtobufCMessage *m, void *arg)
@@ -590,7 +549,10 @@ static void sync_msg(rpc_stream *s, const ProtobufCMessage *m, void *arg)
     w->last_tainted = r->n_tainted_authority_ids;
     snprintf(w->tainted0, sizeof w->tainted0, "%s",
              r->n_tainted_authority_ids ? r->tainted_authority_ids[0] : "");
-    if (w->msgs >= w->want_msgs) rpc_loop_stop(w->f->loop);
+    if (w->msgs >= w->want_msgs) {
+        w->waiting = false;
+        rpc_loop_stop(w->f->loop);
+    }
 }
 
 static void sync_end(rpc_stream *s, const rpc_status *st, void *arg)
@@ -600,6 +562,7 @@ static void sync_end(rpc_stream *s, const rpc_status *st, void *arg)
     w->done = true;
     w->code = st->code;
     snprintf(w->msg, sizeof w->msg, "%s", st->message ? st->message : "");
+    w->waiting = false;
     rpc_loop_stop(w->f->loop);
 }
 
@@ -608,14 +571,8 @@ static const rpc_stream_handler sync_h = {sync_msg, sync_end};
 static void wait_msgs(fx *f, sync_watch *w, int n)
 {
     w->want_msgs = n;
-    bool waiting = true;
-    rpc_timer *t;
-    assert_true(mid_is_ok(rpc_timer_add(f->loop, TIMEOUT_MS, on_timeout, f, &t)));
-    while (waiting) {
-        assert_true(mid_is_ok(rpc_loop_run(f->loop)));
-        waiting = w->msgs < n && !w->done;
-    }
-    rpc_timer_cancel(f->loop, t);
+    w->waiting = true;
+    tl_run_while(f->loop, &w->waiting, TIMEOUT_MS);
 }
 
 static void test_sync_and_evict(void **state)

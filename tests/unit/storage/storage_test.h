@@ -70,6 +70,7 @@ int64_t count_events(store *st);
 int run_audit_tests(void);
 int run_store_tests(void);
 int run_batch_tests(void);
+int run_cert_many_tests(void);
 int run_tamper_tests(void);
 int run_registry_tests(void);
 int run_migration_tests(void);

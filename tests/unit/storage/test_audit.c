@@ -1,5 +1,6 @@
 /* storage/audit.c: canonical form (known answers computed independently with
  * Python's hashlib from docs/storage.md), validation, hex. */
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -183,6 +184,85 @@ static void test_validate(void **state)
     free(text);
 }
 
+/* What audit_validate must say about `details`, decided by jansson alone:
+ * a JSON object without duplicate keys (the store's rule). */
+static int jansson_accepts(const char *details)
+{
+    json_error_t err;
+    json_t *j = json_loads(details, JSON_REJECT_DUPLICATES, &err);
+    int ok = j != NULL && json_is_object(j);
+    json_decref(j);
+    return ok;
+}
+
+static void check_same_verdict(const char *details)
+{
+    store_audit_event e = make_event("x", NULL, NULL);
+    e.details = details;
+    mid_result r = audit_validate(&e);
+    int want = jansson_accepts(details);
+    if (mid_is_ok(r) != want)
+        fail_msg("details '%s': audit_validate says %s, jansson says %s", details,
+                 mid_is_ok(r) ? "ok" : mid_errname(r.err), want ? "ok" : "invalid");
+    if (!want) assert_int_equal(r.err, MID_E_INVALID);
+}
+
+/* The allocation-free fast path for simple details (storage/audit.c,
+ * simple_object) must never accept what jansson refuses: hand-picked edge
+ * cases around every rule of the subset, then random mutations of typical
+ * details. */
+static void test_details_fast_path_matches_jansson(void **state)
+{
+    (void)state;
+    static const char *cases[] = {
+        "{}", " {} ", "\t{\n}\r\n", "{\"a\":1}", "{\"a\":1,\"b\":\"x\"}", "{\"\":0}",
+        "{\"a\":1,\"a\":1}", "{\"a\":{\"b\":1,\"b\":2}}", "{\"a\":{\"b\":1},\"b\":2}",
+        "{\"a\":[1,2,[3,[4]]]}", "{\"a\":[]}", "{\"a\":[,]}", "{\"a\":[1,]}", "{\"a\":1,}",
+        "{,}", "{\"a\"}", "{\"a\":}", "{\"a\" 1}", "{\"a\":1 \"b\":2}", "{} {}", "{}x",
+        "[{}]", "\"{}\"", "{\"a\":true,\"b\":false,\"c\":null}", "{\"a\":tru}",
+        "{\"a\":truex}", "{\"a\":nul}", "{\"a\":True}", "{\"a\":0}", "{\"a\":-0}",
+        "{\"a\":01}", "{\"a\":-}", "{\"a\":--1}", "{\"a\":+1}", "{\"a\":1.5}",
+        "{\"a\":1e3}", "{\"a\":1E3}", "{\"a\":999999999999999}", "{\"a\":9999999999999999}",
+        "{\"a\":99999999999999999999}", "{\"a\":-999999999999999}", "{\"a\":.5}",
+        "{\"a\":\"\\n\"}", "{\"a\":\"\\u0000\"}", "{\"a\":\"\\ud800\"}",
+        "{\"a\":\"\\\"\"}", "{\"a\":\"caf\xc3\xa9\"}", "{\"a\":\"\xff\"}",
+        "{\"a\":\"tab\there\"}", "{\"a\":\"x\x7f\"}", "{\"a\\u0062\":1,\"ab\":2}",
+        "{\"a\":1,\"\\u0061\":2}", "{\"a\":[[[[[[[[[[1]]]]]]]]]]}",
+        "{\"a\":{\"b\":{\"c\":{\"d\":{\"e\":{\"f\":{\"g\":{\"h\":{}}}}}}}}}",
+        "{\"a\":1}\f", "\v{}", "{\"a\"\n:\n1\n}", "{'a':1}", "{a:1}", "{\"a\":\"unterminated}",
+        ("{\"authority_id\":\"ab12\",\"csr\":true,\"dns\":[\"a.example\",\"*.b\"],"
+         "\"key_fp\":\"00ff\",\"not_after\":\"2026-01-01T00:00:00Z\",\"ttl\":3600}"),
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_same_verdict(cases[i]);
+
+    /* More than 32 keys (the fast path gives up and jansson decides). */
+    char many[1024];
+    size_t o = (size_t)snprintf(many, sizeof many, "{");
+    for (int k = 0; k < 40; k++)
+        o += (size_t)snprintf(many + o, sizeof many - o, "%s\"k%d\":%d", k ? "," : "", k, k);
+    snprintf(many + o, sizeof many - o, "}");
+    check_same_verdict(many);
+    memcpy(strstr(many, "\"k39\""), "\"k01\"", 5); /* a duplicate past key 32 */
+    check_same_verdict(many);
+
+    /* Random single-byte mutations of a typical event's details. */
+    static const char base[] = "{\"authority_id\":\"ab12\",\"csr\":true,\"dns\":[\"a.ex\"],"
+                               "\"n\":[1,-2,0],\"o\":{\"p\":null,\"q\":false},\"ttl\":3600}";
+    static const char alphabet[] = "{}[]\":,-0123456789.eEtrufalsn \\\tx\x01\x80";
+    unsigned seed = 12345;
+    char buf[sizeof base];
+    for (int round = 0; round < 20000; round++) {
+        memcpy(buf, base, sizeof base);
+        for (int m = 0; m < 1 + round % 3; m++) {
+            seed = seed * 1103515245u + 12345u;
+            size_t at = (seed >> 8) % (sizeof base - 1);
+            seed = seed * 1103515245u + 12345u;
+            buf[at] = alphabet[(seed >> 8) % (sizeof alphabet - 1)];
+        }
+        check_same_verdict(buf);
+    }
+}
+
 int run_audit_tests(void)
 {
     static const struct CMUnitTest tests[] = {
@@ -191,6 +271,7 @@ int run_audit_tests(void)
         cmocka_unit_test(test_field_boundaries_are_unambiguous),
         cmocka_unit_test(test_hex),
         cmocka_unit_test(test_validate),
+        cmocka_unit_test(test_details_fast_path_matches_jansson),
     };
     return cmocka_run_group_tests_name("storage/audit", tests, NULL, NULL);
 }

@@ -7,6 +7,7 @@ int main(void)
     failed += run_audit_tests();
     failed += run_store_tests();
     failed += run_batch_tests();
+    failed += run_cert_many_tests();
     failed += run_tamper_tests();
     failed += run_registry_tests();
     failed += run_migration_tests();

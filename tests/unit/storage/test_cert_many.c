@@ -1,0 +1,287 @@
+/* store_cert_insert_many and its two halves (store_cert_insert_many_start /
+ * store_cert_batch_wait): per-certificate outcomes, the notify callback,
+ * several requests queued before any is waited for, failures of the whole
+ * request, and synchronous and asynchronous callers mixed under load (the
+ * wake-up chain of storage/store.c). */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "storage/store_int.h"
+#include "storage_test.h"
+
+typedef struct {
+    atomic_int calls;
+} notify_count;
+
+static void count_notify(void *arg)
+{
+    atomic_fetch_add(&((notify_count *)arg)->calls, 1);
+}
+
+/* n certificates "<prefix><i>" with their events; serials and IDs live in
+ * the caller's buffers. */
+static void make_many(size_t n, const char *prefix, char (*serial)[32], char (*sid)[64],
+                      store_cert *certs, store_audit_event *evs)
+{
+    for (size_t i = 0; i < n; i++) {
+        snprintf(serial[i], 32, "%s%02zx", prefix, i);
+        snprintf(sid[i], 64, "spiffe://example.org/m/%s%zu", prefix, i);
+        certs[i] = make_cert(serial[i], sid[i]);
+        evs[i] = make_event("svid.issue", sid[i], serial[i]);
+    }
+}
+
+static void wait_queued_n(store *st, uint64_t n)
+{
+    for (int i = 0; i < 10000; i++) {
+        store_stats s;
+        store_stats_get(st, &s);
+        if (s.queued >= n) return;
+        usleep(1000);
+    }
+    fail_msg("requests never queued");
+}
+
+/* The synchronous call: one refused on this thread, one refused by the
+ * database (duplicate serial), the rest recorded with their events. */
+static void test_insert_many_outcomes(void **state)
+{
+    (void)state;
+    tmpdb t;
+    tmpdb_init(&t);
+    store *st = open_store(&t, NULL);
+    put_authorities(st);
+    char serial[6][32], sid[6][64];
+    store_cert certs[6];
+    store_audit_event evs[6];
+    mid_result res[6];
+    make_many(6, "a", serial, sid, certs, evs);
+    certs[1].key_fp = "nothex";               /* refused before queueing */
+    certs[4].serial = certs[2].serial;        /* duplicate of an earlier one */
+    evs[4].serial = certs[2].serial;
+    mid_errclear();
+    assert_mid_err(store_cert_insert_many(st, certs, evs, 6, res), MID_E_INVALID);
+    assert_non_null(strstr(mid_errmsg(), "key_fp")); /* the lowest index's error */
+    assert_int_equal(res[0].err, MID_E_OK);
+    assert_int_equal(res[1].err, MID_E_INVALID);
+    assert_int_equal(res[2].err, MID_E_OK);
+    assert_int_equal(res[3].err, MID_E_OK);
+    assert_int_equal(res[4].err, MID_E_EXISTS);
+    assert_int_equal(res[5].err, MID_E_OK);
+    int64_t live = 0;
+    assert_mid_ok(store_cert_count_live(st, INTER_ID, 0, &live));
+    assert_int_equal(live, 4);
+    assert_int_equal(count_events(st), 2 + 4); /* the authorities' and the four */
+
+    /* Arguments. */
+    assert_mid_err(store_cert_insert_many(st, certs, evs, 0, res), MID_E_INVALID);
+    assert_mid_err(store_cert_insert_many(st, certs, evs, STORE_CERT_MANY_MAX + 1, res),
+                   MID_E_INVALID);
+    assert_mid_err(store_cert_insert_many(st, NULL, evs, 1, res), MID_E_INVALID);
+    assert_mid_err(store_cert_insert_many(st, certs, evs, 1, NULL), MID_E_INVALID);
+    store_cert_batch *b = NULL;
+    assert_mid_err(store_cert_insert_many_start(st, certs, evs, 1, res, NULL, NULL, NULL),
+                   MID_E_INVALID);
+    assert_mid_err(store_cert_insert_many_start(NULL, certs, evs, 1, res, NULL, NULL, &b),
+                   MID_E_INVALID);
+    assert_null(b);
+    assert_mid_err(store_cert_batch_wait(NULL), MID_E_INVALID);
+    store_close(st);
+    tmpdb_cleanup(&t);
+}
+
+/* Three requests queued while the writer is held, none waited for yet:
+ * nothing is durable and nobody is notified before the writer runs; then
+ * each is notified exactly once, and the waits return in any order. */
+static void test_start_then_wait(void **state)
+{
+    (void)state;
+    tmpdb t;
+    tmpdb_init(&t);
+    store *st = open_store(&t, NULL);
+    put_authorities(st);
+    enum { R = 3, N = 10 };
+    char serial[R][N][32], sid[R][N][64];
+    store_cert certs[R][N];
+    store_audit_event evs[R][N];
+    mid_result res[R][N];
+    notify_count nc[R];
+    store_cert_batch *b[R];
+    store_writer_pause(st, 1);
+    for (int r = 0; r < R; r++) {
+        char prefix[16];
+        snprintf(prefix, sizeof prefix, "b%d", r);
+        make_many(N, prefix, serial[r], sid[r], certs[r], evs[r]);
+        atomic_init(&nc[r].calls, 0);
+        assert_mid_ok(store_cert_insert_many_start(st, certs[r], evs[r], N, res[r],
+                                                   count_notify, &nc[r], &b[r]));
+    }
+    wait_queued_n(st, R);
+    for (int r = 0; r < R; r++) assert_int_equal(atomic_load(&nc[r].calls), 0);
+    int64_t live = -1;
+    assert_mid_ok(store_cert_count_live(st, INTER_ID, 0, &live));
+    assert_int_equal(live, 0);
+    store_writer_pause(st, 0);
+    assert_mid_ok(store_cert_batch_wait(b[2])); /* out of order on purpose */
+    assert_mid_ok(store_cert_batch_wait(b[0]));
+    assert_mid_ok(store_cert_batch_wait(b[1]));
+    for (int r = 0; r < R; r++) {
+        assert_int_equal(atomic_load(&nc[r].calls), 1);
+        for (int i = 0; i < N; i++) assert_int_equal(res[r][i].err, MID_E_OK);
+    }
+    assert_mid_ok(store_cert_count_live(st, INTER_ID, 0, &live));
+    assert_int_equal(live, R * N);
+    store_stats s;
+    store_stats_get(st, &s);
+    assert_true(s.max_batch_seen >= R * N); /* the three went in one transaction */
+    store_audit_verdict v;
+    assert_mid_ok(store_audit_verify(st, &v));
+    assert_true(v.ok);
+    assert_int_equal(v.events, 2 + R * N);
+    store_close(st);
+    tmpdb_cleanup(&t);
+}
+
+/* A failed commit fails every certificate of the request with its error,
+ * still notifies, and writes nothing; a request with nothing valid is
+ * never queued and is finished (notified) at once. */
+static void test_start_failures(void **state)
+{
+    (void)state;
+    tmpdb t;
+    tmpdb_init(&t);
+    store *st = open_store(&t, NULL);
+    put_authorities(st);
+    char serial[4][32], sid[4][64];
+    store_cert certs[4];
+    store_audit_event evs[4];
+    mid_result res[4];
+    notify_count nc;
+    atomic_init(&nc.calls, 0);
+    make_many(4, "f", serial, sid, certs, evs);
+    store_cert_batch *b = NULL;
+    store_fault_set(st, STORE_FAULT_COMMIT, 1, MID_E_IO);
+    assert_mid_ok(store_cert_insert_many_start(st, certs, evs, 4, res, count_notify, &nc, &b));
+    mid_errclear();
+    assert_mid_err(store_cert_batch_wait(b), MID_E_IO);
+    assert_non_null(strstr(mid_errmsg(), "injected fault"));
+    assert_int_equal(atomic_load(&nc.calls), 1);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(res[i].err, MID_E_IO);
+        store_cert_row row;
+        assert_mid_err(store_cert_get(st, serial[i], &row), MID_E_NOT_FOUND);
+    }
+    assert_int_equal(count_events(st), 2);
+
+    for (int i = 0; i < 4; i++) certs[i].status = "unknown";
+    atomic_store(&nc.calls, 0);
+    assert_mid_ok(store_cert_insert_many_start(st, certs, evs, 4, res, count_notify, &nc, &b));
+    assert_int_equal(atomic_load(&nc.calls), 1); /* nothing to wait for */
+    assert_mid_err(store_cert_batch_wait(b), MID_E_INVALID);
+    for (int i = 0; i < 4; i++) assert_int_equal(res[i].err, MID_E_INVALID);
+
+    /* And the store carries on. */
+    make_many(4, "e", serial, sid, certs, evs);
+    assert_mid_ok(store_cert_insert_many(st, certs, evs, 4, res));
+    store_audit_verdict v;
+    assert_mid_ok(store_audit_verify(st, &v));
+    assert_true(v.ok);
+    assert_int_equal(v.events, 2 + 4);
+    store_close(st);
+    tmpdb_cleanup(&t);
+}
+
+/* Synchronous callers (woken along the chain) and asynchronous ones
+ * (posted directly, possibly long after their request committed) in the
+ * same transactions: every call returns, every certificate is there once. */
+#define MIX_THREADS 12
+#define MIX_ROUNDS 60
+
+typedef struct {
+    store *st;
+    int id;
+    int failures;
+} mix_arg;
+
+static void *mix_thread(void *arg)
+{
+    mix_arg *a = arg;
+    for (int round = 0; round < MIX_ROUNDS; round++) {
+        char prefix[16];
+        snprintf(prefix, sizeof prefix, "%02x%02x", a->id, round);
+        if (a->id % 3 == 0) { /* asynchronous, two requests in flight, waited late */
+            char serial[2][4][32], sid[2][4][64];
+            store_cert certs[2][4];
+            store_audit_event evs[2][4];
+            mid_result res[2][4];
+            store_cert_batch *b[2] = {NULL, NULL};
+            for (int k = 0; k < 2; k++) {
+                prefix[4] = (char)('a' + k);
+                prefix[5] = '\0';
+                make_many(4, prefix, serial[k], sid[k], certs[k], evs[k]);
+                if (!mid_is_ok(store_cert_insert_many_start(a->st, certs[k], evs[k], 4, res[k],
+                                                            NULL, NULL, &b[k])))
+                    a->failures++;
+            }
+            usleep((useconds_t)(round % 4) * 200); /* "signing" meanwhile */
+            for (int k = 1; k >= 0; k--)
+                if (b[k] != NULL && !mid_is_ok(store_cert_batch_wait(b[k]))) a->failures++;
+        } else { /* synchronous, one certificate */
+            char serial[1][32], sid[1][64];
+            store_cert c;
+            store_audit_event e;
+            make_many(1, prefix, serial, sid, &c, &e);
+            if (!mid_is_ok(store_cert_insert(a->st, &c, &e))) a->failures++;
+        }
+    }
+    return NULL;
+}
+
+static void test_sync_and_async_mixed(void **state)
+{
+    (void)state;
+    tmpdb t;
+    tmpdb_init(&t);
+    store *st = open_store(&t, NULL);
+    put_authorities(st);
+    pthread_t th[MIX_THREADS];
+    mix_arg args[MIX_THREADS];
+    for (int i = 0; i < MIX_THREADS; i++) {
+        args[i] = (mix_arg){.st = st, .id = i};
+        assert_int_equal(pthread_create(&th[i], NULL, mix_thread, &args[i]), 0);
+    }
+    int64_t expect = 0;
+    for (int i = 0; i < MIX_THREADS; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(args[i].failures, 0);
+        expect += i % 3 == 0 ? MIX_ROUNDS * 8 : MIX_ROUNDS;
+    }
+    int64_t live = 0;
+    assert_mid_ok(store_cert_count_live(st, INTER_ID, 0, &live));
+    assert_int_equal(live, expect);
+    store_audit_verdict v;
+    assert_mid_ok(store_audit_verify(st, &v));
+    assert_true(v.ok);
+    assert_int_equal(v.events, 2 + expect);
+    store_stats s;
+    store_stats_get(st, &s);
+    assert_int_equal(s.writes_failed, 0);
+    assert_true(s.transactions < (uint64_t)expect); /* grouped */
+    store_close(st);
+    tmpdb_cleanup(&t);
+}
+
+int run_cert_many_tests(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_insert_many_outcomes),
+        cmocka_unit_test(test_start_then_wait),
+        cmocka_unit_test(test_start_failures),
+        cmocka_unit_test(test_sync_and_async_mixed),
+    };
+    return cmocka_run_group_tests_name("storage/cert_many", tests, NULL, NULL);
+}
