@@ -74,6 +74,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -258,6 +259,21 @@ static void heap_use(double *in_use_mib, double *held_mib)
     struct mallinfo2 mi = mallinfo2();
     *in_use_mib = (double)(mi.uordblks + mi.hblkhd) / 1048576.0;
     *held_mib = (double)(mi.arena + mi.hblkhd) / 1048576.0;
+}
+
+/* How long thread `tid` of this process has waited on a run queue for a
+ * CPU (ns; the second field of its schedstat), -1 when unknown: a change
+ * whose loop thread waited long was slowed by other load on the machine. */
+static int64_t runq_wait_ns(long tid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/task/%ld/schedstat", tid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL) return -1;
+    long long run = 0, wait = -1;
+    if (fscanf(f, "%lld %lld", &run, &wait) != 2) wait = -1;
+    fclose(f);
+    return (int64_t)wait;
 }
 
 /* The first field of /proc/loadavg (the 1-minute load); -1 when unreadable. */
@@ -1183,15 +1199,18 @@ typedef struct {
     int64_t t_call, t_rev, t_pushed, t_first, t_last; /* from t0 (ns); -1 not seen */
     uint64_t pushes;
     double cpu_s, loop_cpu_s;
+    int64_t loop_wait; /* the loop thread's run-queue wait during the change (ns; -1 unknown) */
 } change_rec;
 
 typedef struct {
     bench *b;
     const char *admin_sock;
     clockid_t loop_clock;
+    long loop_tid;
     int ok;
     int64_t t_start, t_synced, t_sync_last;
     long hwm_before, hwm_sync, hwm_end, rss_sync, rss_end;
+    long anon_sync, anon_end, file_sync, file_end; /* RssAnon / RssFile+RssShmem (KiB) */
     double heap_before, heap_sync, heap_end, held_before, held_sync, held_end;
     struct rusage ru_start, ru_sync, ru_end;
     int64_t loop_cpu_start, loop_cpu_sync, loop_cpu_end;
@@ -1319,6 +1338,7 @@ static bool run_change(driver *d, int k)
     struct rusage ru0, ru1;
     getrusage(RUSAGE_SELF, &ru0);
     int64_t lc0 = thread_cpu_ns(d->loop_clock);
+    int64_t w0 = runq_wait_ns(d->loop_tid);
     atomic_store_explicit(&b->cur_change, k + 1, memory_order_release);
     int64_t rev = 0;
     int64_t t0 = now_ns();
@@ -1346,6 +1366,8 @@ static bool run_change(driver *d, int k)
     atomic_store_explicit(&b->in_flight, false, memory_order_release);
     getrusage(RUSAGE_SELF, &ru1);
     int64_t lc1 = thread_cpu_ns(d->loop_clock);
+    int64_t w1 = runq_wait_ns(d->loop_tid);
+    cr->loop_wait = w0 >= 0 && w1 >= 0 ? w1 - w0 : -1;
     cr->cpu_s = ru_cpu_s(&ru1) - ru_cpu_s(&ru0);
     cr->loop_cpu_s = (double)(lc1 - lc0) / 1e9;
     int64_t rv = atomic_load(&b->rev_ns), pu = atomic_load(&b->pushed_ns);
@@ -1398,6 +1420,8 @@ static void *driver_main(void *arg)
     d->loop_cpu_sync = thread_cpu_ns(d->loop_clock);
     d->hwm_sync = proc_status_kb("VmHWM");
     d->rss_sync = proc_status_kb("VmRSS");
+    d->anon_sync = proc_status_kb("RssAnon");
+    d->file_sync = proc_status_kb("RssFile") + proc_status_kb("RssShmem");
     heap_use(&d->heap_sync, &d->held_sync);
     int64_t last = 0;
     for (size_t i = 0; i < b->n_ss; i++) {
@@ -1423,9 +1447,10 @@ static void *driver_main(void *arg)
         if (c->verbose) {
             const change_rec *cr = &d->ch[k];
             printf("  change %2d svc-%-5zu call %6.1f  reload %6.1f  pushed %6.1f  first %6.1f  last "
-                   "%6.1f ms  CPU %.3f s (loop %.3f s)  RSS %.1f MiB\n",
+                   "%6.1f ms  CPU %.3f s (loop %.3f s, loop waited for a CPU %.0f ms)  RSS %.1f MiB\n",
                    k + 1, cr->svc, ms(cr->t_call), ms(cr->t_rev), ms(cr->t_pushed), ms(cr->t_first),
-                   ms(cr->t_last), cr->cpu_s, cr->loop_cpu_s, (double)proc_status_kb("VmRSS") / 1024.0);
+                   ms(cr->t_last), cr->cpu_s, cr->loop_cpu_s, ms(cr->loop_wait),
+                   (double)proc_status_kb("VmRSS") / 1024.0);
             fflush(stdout);
         }
     }
@@ -1435,6 +1460,8 @@ out:
     d->loop_cpu_end = thread_cpu_ns(d->loop_clock);
     d->hwm_end = proc_status_kb("VmHWM");
     d->rss_end = proc_status_kb("VmRSS");
+    d->anon_end = proc_status_kb("RssAnon");
+    d->file_end = proc_status_kb("RssFile") + proc_status_kb("RssShmem");
     heap_use(&d->heap_end, &d->held_end);
     d->t_child_stop = now_ns();
     d->load_end = loadavg1();
@@ -1528,13 +1555,28 @@ static void print_report(const driver *d, const bench *b, long ncpu, long nofile
         printf("pushes per change: %.1f (streams %ld); CDS/LDS/RDS re-ACKed with a new version "
                "during changes: %d\n",
                (double)pushes / d->n_changes_done, c->clients, atomic_load(&b->other_updates));
+        int64_t wsum = 0, wmax = 0;
+        int wslow = 0;
+        for (int k = 0; k < d->n_changes_done; k++) {
+            int64_t w = d->ch[k].loop_wait;
+            if (w < 0) continue;
+            wsum += w;
+            if (w > wmax) wmax = w;
+            if (w > 100 * 1000000LL) wslow++;
+        }
+        printf("the loop thread waited for a CPU (run queue, other load on the machine): %.0f ms per "
+               "change on average, %.0f ms at most; %d change(s) over 100 ms%s\n",
+               ms(wsum) / d->n_changes_done, ms(wmax), wslow,
+               wslow ? "  [the machine was busy: those changes are slowed by it]" : "");
     }
     printf("\nserver peak RSS (VmHWM): %.1f MiB before clients, %.1f MiB after the sync, %.1f MiB at "
            "the end  [target < 150 MB: %s]\n",
            (double)d->hwm_before / 1024.0, (double)d->hwm_sync / 1024.0, (double)d->hwm_end / 1024.0,
            (double)d->hwm_end * 1024.0 < 150e6 ? "MET" : "NOT MET");
-    printf("server RSS now: %.1f MiB after the sync, %.1f MiB at the end\n", (double)d->rss_sync / 1024.0,
-           (double)d->rss_end / 1024.0);
+    printf("server RSS now: %.1f MiB after the sync (anonymous %.1f, files %.1f), %.1f MiB at the end "
+           "(anonymous %.1f, files %.1f)\n",
+           (double)d->rss_sync / 1024.0, (double)d->anon_sync / 1024.0, (double)d->file_sync / 1024.0,
+           (double)d->rss_end / 1024.0, (double)d->anon_end / 1024.0, (double)d->file_end / 1024.0);
     printf("server malloc (all arenas): in use %.1f / %.1f / %.1f MiB, held from the system %.1f / "
            "%.1f / %.1f MiB (before clients / after the sync / at the end)\n",
            d->heap_before, d->heap_sync, d->heap_end, d->held_before, d->held_sync, d->held_end);
@@ -1606,10 +1648,17 @@ int main(void)
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     /* both processes: one socket per connection, plus gRPC's, SQLite's, the pipes */
     long nofile = raise_nofile(c.nch + 256);
-    if (nofile >= 0 && nofile < c.nch + 64) {
-        fprintf(stderr, "bench_xds: RLIMIT_NOFILE %ld is too low for %ld connections; raise "
-                        "BENCH_STREAMS_PER_CHANNEL\n", nofile, c.nch);
-        return 2;
+    if (nofile >= 0 && nofile < c.nch + 256) {
+        /* the hard limit is too low for one connection per client: share them */
+        if (nofile < 256 + 1) {
+            fprintf(stderr, "bench_xds: RLIMIT_NOFILE %ld is too low\n", nofile);
+            return 2;
+        }
+        long per = (c.clients + (nofile - 256) - 1) / (nofile - 256);
+        printf("bench_xds: RLIMIT_NOFILE %ld (hard limit) is too low for %ld connections: %ld "
+               "streams per connection instead of %ld\n", nofile, c.nch, per, c.per_channel);
+        c.per_channel = per;
+        c.nch = (c.clients + per - 1) / per;
     }
     signal(SIGPIPE, SIG_IGN);
     log_set_level(LOG_LVL_WARN);
@@ -1727,6 +1776,7 @@ int main(void)
     d.load_start = loadavg1();
     heap_use(&d.heap_before, &d.held_before);
     if (pthread_getcpuclockid(pthread_self(), &d.loop_clock) != 0) d.loop_clock = CLOCK_THREAD_CPUTIME_ID;
+    d.loop_tid = (long)syscall(SYS_gettid);
     d.loop_cpu_start = thread_cpu_ns(d.loop_clock);
     printf("bench_xds: registry revision %" PRId64 " loaded, mesh plane started in %.0f ms, ADS on "
            "127.0.0.1:%d, peak RSS %.1f MiB before clients\n",
