@@ -132,13 +132,36 @@ typedef enum { RPC_UNARY, RPC_SERVER_STREAM, RPC_BIDI } rpc_kind;
 
 /* Server limits; 0 in any field means its default. */
 typedef struct {
-    size_t max_msg_bytes;      /* inbound and outbound message cap (4 MiB) */
-    size_t max_arena_bytes;    /* per decoded message (4 x max_msg_bytes) */
+    size_t max_msg_bytes;      /* outbound message cap, and inbound unless max_recv_bytes (4 MiB) */
+    size_t max_recv_bytes;     /* inbound message cap (max_msg_bytes; at most max_msg_bytes):
+                                * a server whose responses are large but whose requests are
+                                * small keeps one client's oversized request from filling a
+                                * shared memory quota */
+    size_t max_arena_bytes;    /* per decoded message (4 x max_recv_bytes) */
     size_t send_queue_len;     /* per call; rpc_call_send beyond it: BUSY (64) */
     unsigned max_conns_per_uid; /* Unix sockets: concurrent connections (64) */
     int64_t conn_idle_ms;      /* Unix sockets: close idle connections (300000) */
     int64_t keepalive_ms;      /* HTTP/2 keepalive ping interval (60000) */
+    /* 0: none (gRPC's process-wide default quota, unlimited). Otherwise a
+     * gRPC resource quota of this many bytes, shared by every connection of
+     * this server (TCP and Unix) and by nothing else. What gRPC 1.51
+     * charges to it: each connection's TCP read buffers, HTTP/2 transport
+     * and stream state and the per-call arenas; not the messages this
+     * runtime builds to send. It is a soft limit: an allocation never fails
+     * because of it. Near it (over 80 % in use) gRPC reads in smaller
+     * chunks; over it, it reclaims in passes until usage is back under:
+     * first idle buffers (a waiting connection's read buffer is dropped),
+     * then a GOAWAY to connections without calls, and as a last resort it
+     * cancels a random live stream of a connection ("Buffers full", HTTP/2
+     * ENHANCE_YOUR_CALM; the client sees the call fail and the handler's
+     * on_done runs with cancelled == true). So size it well above the live
+     * working set: the largest request in flight (max_recv_bytes) plus a few
+     * KB per open call. RPC_MIN_MEMORY_QUOTA..RPC_MAX_MEMORY_QUOTA, else
+     * rpc_server_new fails with MID_E_INVALID. */
+    size_t memory_quota_bytes;
 } rpc_server_opts;
+#define RPC_MIN_MEMORY_QUOTA ((size_t)1 << 20)
+#define RPC_MAX_MEMORY_QUOTA ((size_t)1 << 40)
 
 typedef struct {
     /* A call arrived. `req` is the request for unary and server-streaming

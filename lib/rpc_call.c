@@ -282,7 +282,7 @@ void rpc_on_new_call(rpc_call *c, bool ok)
         }
         ProtobufCMessage *msg;
         rpc_unpack_res ur =
-            rpc_unpack(c->payload, c->m->desc, g->srv->opts.max_msg_bytes, c->arena, &msg);
+            rpc_unpack(c->payload, c->m->desc, g->srv->opts.max_recv_bytes, c->arena, &msg);
         grpc_byte_buffer_destroy(c->payload);
         c->payload = NULL;
         if (ur != RPC_UNPACK_OK) {
@@ -332,7 +332,7 @@ void rpc_on_call_recv(rpc_call *c, bool ok)
         ProtobufCMessage *msg = NULL;
         rpc_unpack_res ur = RPC_UNPACK_TOO_LARGE;
         if (mid_is_ok(arena_new(srv->opts.max_arena_bytes, &a)))
-            ur = rpc_unpack(bb, c->m->desc, srv->opts.max_msg_bytes, a, &msg);
+            ur = rpc_unpack(bb, c->m->desc, srv->opts.max_recv_bytes, a, &msg);
         grpc_byte_buffer_destroy(bb);
         if (ur == RPC_UNPACK_OK) {
             c->m->h->on_message(c, msg, c->m->ctx);

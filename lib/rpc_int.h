@@ -179,6 +179,7 @@ struct rpc_server {
     struct rpc_uid_count *uids;
     size_t nuids;
     grpc_channel_args *args; /* shared by all grpc_servers */
+    grpc_resource_quota *quota; /* opts.memory_quota_bytes, or NULL; in args */
     struct rpc_tls_cfg *tls_cfgs; /* one per TLS port, freed after the grpc_servers */
 };
 
@@ -203,7 +204,9 @@ void rpc_on_server_shutdown(rpc_gsrv *g, bool ok);
 void rpc_servers_shutdown_all(rpc_loop *loop);
 bool rpc_servers_all_gone(rpc_loop *loop);
 void rpc_server_free_all(rpc_loop *loop);
-grpc_channel_args *rpc_server_make_args(const rpc_server_opts *o, bool tcp);
+/* The channel args of a server's grpc_servers; `quota` (may be NULL) is
+ * referenced, not owned. NULL when out of memory. */
+grpc_channel_args *rpc_server_make_args(const rpc_server_opts *o, grpc_resource_quota *quota);
 
 /* rpc_call.c */
 MID_RESULT rpc_call_request(rpc_gsrv *g, size_t method_idx);

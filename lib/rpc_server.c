@@ -12,7 +12,8 @@
 static void apply_defaults(rpc_server_opts *o)
 {
     if (!o->max_msg_bytes) o->max_msg_bytes = RPC_DEFAULT_MAX_MSG;
-    if (!o->max_arena_bytes) o->max_arena_bytes = 4 * o->max_msg_bytes;
+    if (!o->max_recv_bytes) o->max_recv_bytes = o->max_msg_bytes;
+    if (!o->max_arena_bytes) o->max_arena_bytes = 4 * o->max_recv_bytes;
     if (!o->send_queue_len) o->send_queue_len = RPC_DEFAULT_SENDQ;
     if (!o->max_conns_per_uid) o->max_conns_per_uid = 64;
     if (!o->conn_idle_ms) o->conn_idle_ms = 300000;
@@ -23,14 +24,15 @@ static int clamp_int(int64_t v) { return v > INT32_MAX ? INT32_MAX : (int)v; }
 
 /* One argument set for every grpc_server of a server: message limits,
  * keepalive, no SO_REUSEPORT (a second instance must fail to bind, not
- * silently share the port), and an idle limit, which matters for
- * from-fd Unix connections (they have no handshake timeout). */
-grpc_channel_args *rpc_server_make_args(const rpc_server_opts *o, bool tcp)
+ * silently share the port), an idle limit, which matters for from-fd Unix
+ * connections (they have no handshake timeout), and the server's resource
+ * quota when it has one (a pointer arg: gRPC takes its own reference when it
+ * copies the args; the server keeps srv->quota's). */
+grpc_channel_args *rpc_server_make_args(const rpc_server_opts *o, grpc_resource_quota *quota)
 {
-    (void)tcp;
-    enum { N = 7 };
+    enum { N_INT = 7, N_MAX = N_INT + 1 };
     grpc_channel_args *a = calloc(1, sizeof *a);
-    grpc_arg *v = calloc(N, sizeof *v);
+    grpc_arg *v = calloc(N_MAX, sizeof *v);
     if (!a || !v) {
         free(a);
         free(v);
@@ -39,16 +41,29 @@ grpc_channel_args *rpc_server_make_args(const rpc_server_opts *o, bool tcp)
     static char k0[] = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, k1[] = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
                 k2[] = GRPC_ARG_ALLOW_REUSEPORT, k3[] = GRPC_ARG_MAX_CONNECTION_IDLE_MS,
                 k4[] = GRPC_ARG_KEEPALIVE_TIME_MS, k5[] = GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
-                k6[] = GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA;
-    char *keys[N] = {k0, k1, k2, k3, k4, k5, k6};
-    int vals[N] = {clamp_int((int64_t)o->max_msg_bytes), clamp_int((int64_t)o->max_msg_bytes), 0,
-                   clamp_int(o->conn_idle_ms), clamp_int(o->keepalive_ms), 20000, 0};
-    for (int i = 0; i < N; i++) {
-        v[i].type = GRPC_ARG_INTEGER;
-        v[i].key = keys[i];
-        v[i].value.integer = vals[i];
+                k6[] = GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, kq[] = GRPC_ARG_RESOURCE_QUOTA;
+    char *keys[N_INT] = {k0, k1, k2, k3, k4, k5, k6};
+    int vals[N_INT] = {clamp_int((int64_t)o->max_recv_bytes),
+                       clamp_int((int64_t)o->max_msg_bytes),
+                       0,
+                       clamp_int(o->conn_idle_ms),
+                       clamp_int(o->keepalive_ms),
+                       20000,
+                       0};
+    size_t n = 0;
+    for (; n < N_INT; n++) {
+        v[n].type = GRPC_ARG_INTEGER;
+        v[n].key = keys[n];
+        v[n].value.integer = vals[n];
     }
-    a->num_args = N;
+    if (quota) {
+        v[n].type = GRPC_ARG_POINTER;
+        v[n].key = kq;
+        v[n].value.pointer.p = quota;
+        v[n].value.pointer.vtable = grpc_resource_quota_arg_vtable();
+        n++;
+    }
+    a->num_args = n;
     a->args = v;
     return a;
 }
@@ -68,12 +83,25 @@ mid_result rpc_server_new(rpc_loop *loop, const rpc_server_opts *opts, rpc_serve
     MID_ENSURE_MEM(srv);
     if (opts) srv->opts = *opts;
     apply_defaults(&srv->opts);
-    if (srv->opts.send_queue_len > RPC_MAX_SENDQ || srv->opts.max_msg_bytes > INT32_MAX) {
+    if (srv->opts.send_queue_len > RPC_MAX_SENDQ || srv->opts.max_msg_bytes > INT32_MAX ||
+        srv->opts.max_recv_bytes > srv->opts.max_msg_bytes ||
+        (srv->opts.memory_quota_bytes &&
+         (srv->opts.memory_quota_bytes < RPC_MIN_MEMORY_QUOTA ||
+          srv->opts.memory_quota_bytes > RPC_MAX_MEMORY_QUOTA))) {
         free(srv);
         MID_BAIL(MID_E_INVALID, "server limits out of range");
     }
-    srv->args = rpc_server_make_args(&srv->opts, true);
+    if (srv->opts.memory_quota_bytes) {
+        srv->quota = grpc_resource_quota_create("meshid-server");
+        if (!srv->quota) {
+            free(srv);
+            MID_BAIL(MID_E_NOMEM, "out of memory");
+        }
+        grpc_resource_quota_resize(srv->quota, srv->opts.memory_quota_bytes);
+    }
+    srv->args = rpc_server_make_args(&srv->opts, srv->quota);
     if (!srv->args) {
+        if (srv->quota) grpc_resource_quota_unref(srv->quota);
         free(srv);
         MID_BAIL(MID_E_NOMEM, "out of memory");
     }
@@ -257,6 +285,9 @@ void rpc_server_free_all(rpc_loop *loop)
         rpc_list_del(&srv->link);
         rpc_unix_free(srv);
         free_args(srv->args);
+        /* every grpc_server is destroyed by now; gRPC's transports hold
+         * their own references until they are gone */
+        if (srv->quota) grpc_resource_quota_unref(srv->quota);
         rpc_tls_cfg_free(srv->tls_cfgs);
         free(srv->methods);
         free(srv);

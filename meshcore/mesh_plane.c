@@ -322,7 +322,9 @@ mid_result mesh_plane_start(mesh_plane *mp, const mesh_plane_env *env)
     MID_GUARD(ads_server_new(env->loop, &mp->ads_o, &mp->ads));
     if (env->tls_srv) MID_GUARD(ads_server_register(mp->ads, env->tls_srv));
     if (mp->xds_listen) {
-        rpc_server_opts so = {.max_msg_bytes = 16u << 20};
+        rpc_server_opts so = {.max_msg_bytes = MESH_XDS_MAX_MSG,
+                              .max_recv_bytes = MESH_XDS_MAX_RECV,
+                              .memory_quota_bytes = MESH_XDS_MEMORY_QUOTA};
         MID_GUARD(rpc_server_new(env->loop, &so, &mp->plain_srv));
         MID_GUARD(ads_server_register(mp->ads, mp->plain_srv));
         MID_GUARD(rpc_server_add_tcp(mp->plain_srv, mp->xds_listen, NULL, &mp->xds_port));

@@ -35,6 +35,21 @@ typedef struct mesh_plane mesh_plane;
 #define MESH_XDS_PLAINTEXT_DEFAULT "127.0.0.1:15010"
 #define MESH_POLL_MS_DEFAULT 1000       /* store revision poll */
 #define MESH_WATCH_MS_DEFAULT 1000      /* watched directory scan */
+/* gRPC resource quota of the plaintext ADS server (rpc_server_opts.
+ * memory_quota_bytes): caps what gRPC keeps per connection (mostly each
+ * sidecar's TCP read buffer, ~64 KB, kept while it waits for its next
+ * request) once 1000s of sidecars are connected. Soft: over it gRPC first
+ * drops idle read buffers, but as a last resort it cancels live streams
+ * (RESOURCE_EXHAUSTED, the sidecar reconnects), so it is sized well above
+ * what cannot be reclaimed (~12 KB of call arena per stream) and far above
+ * the largest request it accepts (MESH_XDS_MAX_RECV), so that one client's
+ * request cannot push it over and get other sidecars' streams cancelled. */
+#define MESH_XDS_MEMORY_QUOTA ((size_t)32 << 20)
+/* Largest response (a CDS or EDS response for a big mesh) and largest
+ * request (a subscription to every cluster: ~40 bytes per name, 4 MiB is
+ * ~100,000 names, the ADS per-type name limit). */
+#define MESH_XDS_MAX_MSG ((size_t)16 << 20)
+#define MESH_XDS_MAX_RECV ((size_t)4 << 20)
 
 typedef struct {
     /* Plaintext ADS "host:port" (port 0 picks one); NULL:

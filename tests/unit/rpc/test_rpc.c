@@ -858,6 +858,45 @@ static void test_oversized(void **state)
     fx_free(&f);
 }
 
+/* max_recv_bytes caps requests only: a request over it is refused, one under
+ * it passes, and it may not exceed max_msg_bytes. */
+static void test_recv_limit(void **state)
+{
+    (void)state;
+    rpc_loop *loop;
+    rpc_server *bad;
+    assert_true(mid_is_ok(rpc_loop_new(&loop)));
+    rpc_server_opts wrong = {.max_msg_bytes = 64 * 1024, .max_recv_bytes = 128 * 1024};
+    assert_false(mid_is_ok(rpc_server_new(loop, &wrong, &bad)));
+    assert_int_equal(mid_errcode(), MID_E_INVALID);
+    rpc_loop_free(loop);
+
+    fx f;
+    rpc_server_opts so = {.max_msg_bytes = 1024 * 1024, .max_recv_bytes = 64 * 1024};
+    fx_init(&f, &so);
+    fx_unix(&f);
+    assert_true(mid_is_ok(rpc_server_start(f.srv)));
+    rpc_channel *ch;
+    assert_true(mid_is_ok(rpc_channel_new(f.loop, f.target, NULL, 0, &ch)));
+    static uint8_t blob[100 * 1024];
+    EchoRequest req = MESHID__TEST__V1__ECHO_REQUEST__INIT;
+    req.text = "big";
+    req.blob.data = blob;
+    req.blob.len = sizeof blob;
+    rpc_call_opts o = {.timeout_ms = 5000};
+    f.pending = 1;
+    assert_true(mid_is_ok(rpc_unary(ch, M_ECHO, &req.base, RESP_DESC, &o, on_unary, &f)));
+    run_loop(&f);
+    assert_int_equal(f.code, RPC_RESOURCE_EXHAUSTED);
+    assert_int_equal(f.svc.starts, 0);
+    req.blob.len = 60 * 1024;
+    f.pending = 1;
+    assert_true(mid_is_ok(rpc_unary(ch, M_ECHO, &req.base, RESP_DESC, &o, on_unary, &f)));
+    run_loop(&f);
+    assert_int_equal(f.code, RPC_OK);
+    fx_free(&f);
+}
+
 /* A client that never reads: the server's queue fills, rpc_call_send says
  * BUSY, and the loop keeps answering other clients meanwhile. */
 typedef struct {
@@ -1161,6 +1200,212 @@ static void test_unary_throughput(void **state)
     fx_free(&f);
 }
 
+/* ---- memory quota -------------------------------------------------------- */
+
+#define M_BIG "/meshid.test.v1.Echo/Big" /* echoes text and blob; quota test only */
+
+static void big_start(rpc_call *call, const ProtobufCMessage *m, void *ctx)
+{
+    echo_svc *s = ctx;
+    const EchoRequest *req = (const EchoRequest *)m;
+    s->starts++;
+    EchoResponse resp = MESHID__TEST__V1__ECHO_RESPONSE__INIT;
+    resp.text = req->text;
+    resp.blob = req->blob;
+    assert_true(mid_is_ok(rpc_call_send(call, &resp.base)));
+    assert_true(mid_is_ok(rpc_call_finish(call, RPC_OK, NULL)));
+}
+
+static const rpc_handler big_h = {.on_start = big_start, .on_done = echo_done};
+
+typedef struct {
+    fx *f;
+    size_t blob_len;    /* of the last big response */
+    bool blob_ok;       /* its content matched the request's */
+    int chat_replies;   /* over all quota streams */
+    int chat_ok_done;   /* quota streams that ended with OK */
+    int chat_failed;    /* ... with another status (RESOURCE_EXHAUSTED expected) */
+    bool closing;       /* the streams' ends are what the loop waits for */
+} quota_ctx;
+
+typedef struct {
+    quota_ctx *q;
+    bool done; /* the stream was freed */
+} quota_stream;
+
+static void on_big(const rpc_status *st, const ProtobufCMessage *resp, void *arg)
+{
+    quota_ctx *q = arg;
+    q->f->code = st->code;
+    snprintf(q->f->msg, sizeof q->f->msg, "%s", st->message);
+    q->blob_len = 0;
+    q->blob_ok = false;
+    if (resp) {
+        const EchoResponse *r = (const EchoResponse *)resp;
+        q->blob_len = r->blob.len;
+        q->blob_ok = true;
+        for (size_t i = 0; i < r->blob.len; i++)
+            if (r->blob.data[i] != (uint8_t)(i * 7)) {
+                q->blob_ok = false;
+                break;
+            }
+    }
+    done_one(q->f);
+}
+
+static void quota_st_message(rpc_stream *s, const ProtobufCMessage *m, void *arg)
+{
+    (void)s;
+    (void)m;
+    quota_ctx *q = ((quota_stream *)arg)->q;
+    q->chat_replies++;
+    done_one(q->f);
+}
+
+static void quota_st_done(rpc_stream *s, const rpc_status *st, void *arg)
+{
+    (void)s;
+    quota_stream *qs = arg;
+    quota_ctx *q = qs->q;
+    qs->done = true;
+    if (st->code == RPC_OK) {
+        q->chat_ok_done++;
+    } else {
+        /* gRPC's "Buffers full" RST_STREAM, or the connection closed */
+        assert_true(st->code == RPC_RESOURCE_EXHAUSTED || st->code == RPC_UNAVAILABLE);
+        q->chat_failed++;
+    }
+    if (q->closing) done_one(q->f);
+}
+
+static const rpc_stream_handler quota_st_h = {quota_st_message, quota_st_done};
+
+#define QUOTA_CONNS 40
+#define QUOTA_MAX_MSG ((size_t)16 << 20)
+
+static void big_call(quota_ctx *q, rpc_channel *ch, size_t len)
+{
+    static uint8_t blob[QUOTA_MAX_MSG + 1];
+    for (size_t i = 0; i < len; i++) blob[i] = (uint8_t)(i * 7);
+    EchoRequest req = MESHID__TEST__V1__ECHO_REQUEST__INIT;
+    req.text = "big";
+    req.blob.data = blob;
+    req.blob.len = len;
+    rpc_call_opts o = {.timeout_ms = 15000};
+    q->f->pending = 1;
+    assert_true(mid_is_ok(rpc_unary(ch, M_BIG, &req.base, RESP_DESC, &o, on_big, q)));
+    run_loop(q->f);
+}
+
+/* A server (max message QUOTA_MAX_MSG) with `quota` bytes of gRPC memory
+ * quota and QUOTA_CONNS connections, half TCP, half Unix (one grpc_server
+ * each, all charged to the one quota), each holding a bidi stream that
+ * received a 40 KB message, so each transport's read buffer grew. Then, when
+ * big > 0, unary calls whose request and response carry `big` bytes over
+ * both kinds of connection; then every stream sends and receives once more
+ * and is closed. Fills *q with what happened. */
+static void quota_run(size_t quota, size_t big, quota_ctx *q)
+{
+    fx f;
+    rpc_server_opts so = {.max_msg_bytes = QUOTA_MAX_MSG, .memory_quota_bytes = quota};
+    fx_init(&f, &so);
+    *q = (quota_ctx){.f = &f};
+    assert_true(mid_is_ok(rpc_server_register(f.srv, M_BIG, RPC_UNARY, REQ_DESC, &big_h, &f.svc)));
+    fx_tcp(&f, NULL);
+    fx_unix(&f);
+    assert_true(mid_is_ok(rpc_server_start(f.srv)));
+    char tcp_target[192];
+    snprintf(tcp_target, sizeof tcp_target, "127.0.0.1:%d", f.port);
+
+    rpc_channel *chs[QUOTA_CONNS];
+    rpc_stream *sts[QUOTA_CONNS];
+    quota_stream qss[QUOTA_CONNS];
+    static uint8_t chunk[40 * 1024];
+    memset(chunk, 'x', sizeof chunk);
+    EchoRequest req = MESHID__TEST__V1__ECHO_REQUEST__INIT;
+    req.text = "hello";
+    req.blob.data = chunk;
+    req.blob.len = sizeof chunk;
+    f.pending = QUOTA_CONNS;
+    for (int i = 0; i < QUOTA_CONNS; i++) {
+        const char *t = i % 2 ? tcp_target : f.target; /* one connection per channel */
+        qss[i] = (quota_stream){.q = q};
+        assert_true(mid_is_ok(rpc_channel_new(f.loop, t, NULL, 2 * QUOTA_MAX_MSG, &chs[i])));
+        assert_true(mid_is_ok(rpc_stream_open(chs[i], M_CHAT, RPC_BIDI, &req.base, RESP_DESC, NULL,
+                                              &quota_st_h, &qss[i], &sts[i])));
+    }
+    run_loop(&f);
+    assert_int_equal(q->chat_replies, QUOTA_CONNS);
+    assert_int_equal(q->chat_failed + q->chat_ok_done, 0);
+
+    if (big) {
+        bool all_ok = true;
+        for (int i = 0; i < 2; i++) {
+            big_call(q, chs[i], big); /* Unix, then TCP */
+            if (f.code != RPC_OK || q->blob_len != big || !q->blob_ok) all_ok = false;
+        }
+        /* the server's max_msg_bytes still applies */
+        big_call(q, chs[1], QUOTA_MAX_MSG + 1);
+        assert_int_equal(f.code, RPC_RESOURCE_EXHAUSTED);
+        q->blob_ok = all_ok;
+    }
+
+    int live = 0;
+    for (int i = 0; i < QUOTA_CONNS; i++)
+        if (!qss[i].done && mid_is_ok(rpc_stream_send(sts[i], &req.base))) live++;
+    f.pending = live;
+    if (live) run_loop(&f);
+    q->closing = true;
+    f.pending = QUOTA_CONNS - q->chat_failed - q->chat_ok_done;
+    for (int i = 0; i < QUOTA_CONNS; i++)
+        if (!qss[i].done) assert_true(mid_is_ok(rpc_stream_close_send(sts[i])));
+    if (f.pending) run_loop(&f);
+    assert_int_equal(q->chat_failed + q->chat_ok_done, QUOTA_CONNS);
+    fx_free(&f);
+    assert_int_equal(f.svc.cancelled_dones, q->chat_failed);
+}
+
+static void test_memory_quota(void **state)
+{
+    (void)state;
+    /* limits */
+    rpc_loop *loop;
+    assert_true(mid_is_ok(rpc_loop_new(&loop)));
+    rpc_server *srv;
+    rpc_server_opts lo = {.memory_quota_bytes = RPC_MIN_MEMORY_QUOTA - 1};
+    assert_false(mid_is_ok(rpc_server_new(loop, &lo, &srv)));
+    assert_int_equal(mid_errcode(), MID_E_INVALID);
+    rpc_server_opts hi = {.memory_quota_bytes = RPC_MAX_MEMORY_QUOTA + 1};
+    assert_false(mid_is_ok(rpc_server_new(loop, &hi, &srv)));
+    assert_int_equal(mid_errcode(), MID_E_INVALID);
+    /* a server with a quota that never started is freed cleanly */
+    rpc_server_opts ok = {.memory_quota_bytes = RPC_MIN_MEMORY_QUOTA};
+    assert_true(mid_is_ok(rpc_server_new(loop, &ok, &srv)));
+    rpc_loop_free(loop);
+
+    quota_ctx q;
+    /* 1 MiB against 40 grown read buffers (~2.5 MB): gRPC drops the idle
+     * buffers; every stream keeps working */
+    quota_run(RPC_MIN_MEMORY_QUOTA, 0, &q);
+    assert_int_equal(q.chat_replies, 2 * QUOTA_CONNS);
+    assert_int_equal(q.chat_ok_done, QUOTA_CONNS);
+
+    /* the mesh plane's shape: 16 MiB messages, 32 MiB quota: a request and a
+     * response of the maximum size pass, nothing is cancelled */
+    quota_run((size_t)32 << 20, QUOTA_MAX_MSG - 64, &q); /* - field overhead */
+    assert_true(q.blob_ok);
+    assert_int_equal(q.chat_replies, 2 * QUOTA_CONNS);
+    assert_int_equal(q.chat_ok_done, QUOTA_CONNS);
+
+    /* the hazard rpc.h documents (gRPC 1.51): one request larger than the
+     * whole quota puts it in overcommit and gRPC's last-resort reclaimer
+     * cancels live streams (RESOURCE_EXHAUSTED) until usage is back under */
+    quota_run(RPC_MIN_MEMORY_QUOTA, (size_t)6 << 20, &q);
+    print_message("    1 MiB quota, 6 MiB request: %d of %d streams cancelled, big calls %s\n",
+                  q.chat_failed, QUOTA_CONNS, q.blob_ok ? "ok" : "failed");
+    assert_true(q.chat_failed > 0 || !q.blob_ok);
+}
+
 int run_rpc_tests(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1177,10 +1422,12 @@ int run_rpc_tests(void)
         cmocka_unit_test(test_bidi),
         cmocka_unit_test(test_malformed_request),
         cmocka_unit_test(test_oversized),
+        cmocka_unit_test(test_recv_limit),
         cmocka_unit_test(test_slow_reader),
         cmocka_unit_test(test_client_cancel),
         cmocka_unit_test(test_shutdown_with_open_streams),
         cmocka_unit_test(test_interop_node),
+        cmocka_unit_test(test_memory_quota),
         cmocka_unit_test(test_unary_throughput),
     };
     if (getenv("RPC_DEBUG")) log_set_level(LOG_LVL_DEBUG);
