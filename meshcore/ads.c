@@ -8,7 +8,12 @@
  * evaluated against. A type is looked at again only when its snapshot type
  * version differs from `evald` or its subscription changed, so a push that
  * changed only endpoints costs one string compare per stream for CDS, LDS
- * and RDS. Delta wildcard subscriptions keep a reference to the snapshot the
+ * and RDS. Within a changed SotW named type whose state is that of the
+ * stream's previous snapshot, only the names that differ between the two
+ * snapshots' resource sets are looked at (shared sets skipped when they are
+ * the same object; a replaced shared set diffed once per push cycle for all
+ * streams), and an ACK repeating the subscription is recognised without
+ * sorting it. Delta wildcard subscriptions keep a reference to the snapshot the
  * client holds (`base`) and diff against it instead of storing a version
  * per resource. Subscribed names are interned once per server.
  *
@@ -53,6 +58,8 @@ typedef Envoy__Config__Core__V3__Node node_msg;
 #define CP_ID_MAX 256
 #define NODE_MAX (64u << 10) /* bytes of a packed Node we keep per stream */
 #define PRINT_MAX 128        /* bytes of client text quoted in logs and statuses */
+#define DIFF_CACHE_MAX 64    /* set pairs whose changed names a push cycle remembers */
+#define DIFF_CACHE_MIN 64    /* resources (old + new) from which a pair's diff is cached */
 
 /* sub.flags */
 #define SUB_HELD 1u   /* SotW: in the last response at `held`; delta: client holds `held` */
@@ -60,6 +67,7 @@ typedef Envoy__Config__Core__V3__Node node_msg;
 #define SUB_NEW 4u    /* SotW: added since the last evaluation */
 #define SUB_ANSWER 8u /* delta: must be answered (subscribed, or unsubscribed under wildcard) */
 #define SUB_DROP 16u  /* delta: unsubscribed under wildcard; drop after the answer */
+#define SUB_SEEN 32u  /* same_names only; clear otherwise */
 
 typedef struct {
     const char *name; /* interned (one reference) */
@@ -99,6 +107,16 @@ typedef struct {
     char sent_version[XDS_VERSION_LEN + 1];  /* version that went with `nonce` */
     char acked_version[XDS_VERSION_LEN + 1]; /* last ACKed; "" none */
 } tstate;
+
+/* The names that differ between two sealed resource sets (in one only, or
+ * in both with different versions), pointing into the sets, which the entry
+ * holds references to. Remembered for one push cycle: every stream of a
+ * mesh sees the same shared parts replaced by the same new ones. */
+typedef struct {
+    xds_rset *o, *n;
+    const char **v;
+    size_t k;
+} set_diff;
 
 typedef struct ads_stream ads_stream;
 struct ads_stream {
@@ -157,6 +175,13 @@ struct ads_server {
     char **removed;
     const xds_resource **found;
     uint8_t *mark;
+    /* Push cycle (on_debounce) only: changed names per replaced set. */
+    set_diff diffs[DIFF_CACHE_MAX];
+    size_t ndiffs;
+    const char **chg; /* scratch: changed names of one type */
+    size_t nchg, chg_cap;
+    size_t *idx;      /* scratch: subscription indexes */
+    size_t idx_cap;
 };
 
 /* ---- queue budget ------------------------------------------------------------------ */
@@ -243,7 +268,7 @@ static bool budget_ok(ads_stream *s, bool push)
     return false;
 }
 
-static void stream_eval_all(ads_stream *s, bool push);
+static void stream_eval_all(ads_stream *s, bool push, const xds_snapshot *old);
 
 /* Lets waiting streams continue while the budget allows. */
 static void resume_waiters(ads_server *a)
@@ -252,7 +277,7 @@ static void resume_waiters(ads_server *a)
         ads_stream *s = a->wait_head;
         bool push = s->wait_push;
         wait_unlink(a, s);
-        stream_eval_all(s, push);
+        stream_eval_all(s, push, NULL);
     }
 }
 
@@ -784,21 +809,201 @@ static void sotw_eval_named(ads_stream *s, xds_type t, bool push)
     }
 }
 
+/* ---- changed names between two snapshots ------------------------------------------ */
+
+static bool chg_push(ads_server *a, const char *name)
+{
+    if (a->nchg == a->chg_cap) {
+        size_t cap = a->chg_cap ? a->chg_cap * 2 : 64;
+        const char **v = realloc(a->chg, cap * sizeof *v);
+        if (!v) return false;
+        a->chg = v;
+        a->chg_cap = cap;
+    }
+    a->chg[a->nchg++] = name;
+    return true;
+}
+
+/* Appends to a->chg the names that differ between the sealed sets o and n
+ * (a sorted merge). False when out of memory. */
+static bool diff_sets(ads_server *a, const xds_rset *o, const xds_rset *n)
+{
+    size_t no = xds_rset_count(o), nn = xds_rset_count(n), i = 0, j = 0;
+    while (i < no || j < nn) {
+        const xds_resource *x = i < no ? xds_rset_at(o, i) : NULL;
+        const xds_resource *y = j < nn ? xds_rset_at(n, j) : NULL;
+        int c = !x ? 1 : !y ? -1 : strcmp(x->name, y->name);
+        bool ok = true;
+        if (c < 0) {
+            ok = chg_push(a, x->name);
+            i++;
+        } else if (c > 0) {
+            ok = chg_push(a, y->name);
+            j++;
+        } else {
+            if (memcmp(x->version, y->version, XDS_VERSION_LEN) != 0) ok = chg_push(a, y->name);
+            i++;
+            j++;
+        }
+        if (!ok) return false;
+    }
+    return true;
+}
+
+/* Appends the changed names of the pair (o, n), from the push cycle's
+ * cache when the sets are large (shared parts). False when out of memory. */
+static bool diff_pair(ads_server *a, xds_rset *o, xds_rset *n)
+{
+    if (o == n) return true;
+    size_t no = xds_rset_count(o), nn = xds_rset_count(n);
+    if (no + nn == 0) return true;
+    if (no + nn < DIFF_CACHE_MIN) return diff_sets(a, o, n);
+    for (size_t i = 0; i < a->ndiffs; i++) {
+        const set_diff *d = &a->diffs[i];
+        if (d->o != o || d->n != n) continue;
+        for (size_t k = 0; k < d->k; k++)
+            if (!chg_push(a, d->v[k])) return false;
+        return true;
+    }
+    size_t start = a->nchg;
+    if (!diff_sets(a, o, n)) return false;
+    if (a->ndiffs == DIFF_CACHE_MAX) return true; /* not remembered: computed again */
+    size_t k = a->nchg - start;
+    const char **v = malloc((k ? k : 1) * sizeof *v);
+    if (!v) return true;
+    if (k) memcpy(v, a->chg + start, k * sizeof *v);
+    a->diffs[a->ndiffs++] = (set_diff){.o = xds_rset_ref(o), .n = xds_rset_ref(n), .v = v, .k = k};
+    return true;
+}
+
+static void diffs_clear(ads_server *a)
+{
+    for (size_t i = 0; i < a->ndiffs; i++) {
+        xds_rset_unref(a->diffs[i].o);
+        xds_rset_unref(a->diffs[i].n);
+        free(a->diffs[i].v);
+    }
+    a->ndiffs = 0;
+}
+
+static int cmp_size(const void *x, const void *y)
+{
+    size_t p = *(const size_t *)x, q = *(const size_t *)y;
+    return p < q ? -1 : p > q;
+}
+
+/* The subscription indexes (into a->idx[0..*k), ascending, distinct) of the
+ * names that differ between old's and the current snapshot's sets of type t,
+ * and scratch for *k resources. False when the set layouts differ, too many
+ * names changed for this to pay, or out of memory. */
+static bool changed_subs(ads_stream *s, xds_type t, const xds_snapshot *old, size_t *k)
+{
+    ads_server *a = s->a;
+    tstate *ts = &s->ts[t];
+    size_t nsets = xds_snapshot_set_count(s->snap, t);
+    if (nsets == 0 || nsets != xds_snapshot_set_count(old, t)) return false;
+    a->nchg = 0;
+    for (size_t i = 0; i < nsets; i++)
+        if (!diff_pair(a, xds_snapshot_set(old, t, i), xds_snapshot_set(s->snap, t, i))) return false;
+    if (a->nchg > ts->subs.n / 4 + 8) return false; /* the full pass is as cheap */
+    if (a->nchg > a->idx_cap) {
+        size_t *v = realloc(a->idx, a->nchg * sizeof *v);
+        if (!v) return false;
+        a->idx = v;
+        a->idx_cap = a->nchg;
+    }
+    size_t m = 0;
+    for (size_t i = 0; i < a->nchg; i++) {
+        const sub *u = subset_find(&ts->subs, a->chg[i]);
+        if (u) a->idx[m++] = (size_t)(u - ts->subs.v);
+    }
+    if (m > 1) qsort(a->idx, m, sizeof *a->idx, cmp_size);
+    size_t d = 0; /* distinct, in subscription (name) order */
+    for (size_t i = 0; i < m; i++)
+        if (d == 0 || a->idx[d - 1] != a->idx[i]) a->idx[d++] = a->idx[i];
+    *k = d;
+    return mid_is_ok(scratch_reserve(a, d));
+}
+
+/* sotw_eval_named for a stream whose state of type t is exactly what its
+ * evaluation against `old` left (no subscription change since): only names
+ * that differ between old's and the current snapshot's sets of t can need
+ * sending, and sets both hold (the same object) are skipped. False (nothing
+ * done) when this does not apply: complete-set types, a different set
+ * layout, many changed names, out of memory; the caller then evaluates
+ * every name. */
+static bool sotw_eval_changed(ads_stream *s, xds_type t, bool push, const xds_snapshot *old)
+{
+    ads_server *a = s->a;
+    tstate *ts = &s->ts[t];
+    if (wildcard_type(t) || a->full_eds_rds) return false; /* complete responses */
+    size_t k = 0;
+    if (!changed_subs(s, t, old, &k)) return false;
+    size_t n = 0;
+    for (size_t i = 0; i < k; i++) {
+        const sub *u = &ts->subs.v[a->idx[i]];
+        const xds_resource *r = xds_snapshot_find(s->snap, t, u->name);
+        a->found[i] = r;
+        /* As in sotw_eval_named; without a deleted-resource send (the
+         * parent drops it) and without SUB_NEW (the subscription is clean). */
+        a->mark[i] = r && (!(u->flags & SUB_HELD) || u->held != res_ver(r));
+        if (a->mark[i]) any_of(a, n++, t, r);
+    }
+    if (n) {
+        sotw_send_resp(s, t, n, push);
+        if (rpc_call_is_closed(s->call)) return true;
+    }
+    for (size_t i = 0; i < k; i++) {
+        sub *u = &ts->subs.v[a->idx[i]];
+        if (!a->found[i]) u->flags &= ~(uint32_t)SUB_HELD;
+        else if (a->mark[i]) {
+            u->flags |= SUB_HELD;
+            u->held = res_ver(a->found[i]);
+        }
+    }
+    return true;
+}
+
 /* Sends type t if something the stream subscribes changed (or the
- * subscription did). */
-static void sotw_eval(ads_stream *s, xds_type t, bool push)
+ * subscription did). `old`, when not NULL, is the snapshot the stream held
+ * before this push; when the type's state is that of its evaluation against
+ * `old`, only what changed between the two is looked at. */
+static void sotw_eval(ads_stream *s, xds_type t, bool push, const xds_snapshot *old)
 {
     tstate *ts = &s->ts[t];
     if (!ts->active || !s->snap || rpc_call_is_closed(s->call)) return;
     const char *tv = xds_snapshot_version(s->snap, t);
     if (!ts->dirty && ts->evald[0] && strcmp(ts->evald, tv) == 0) return;
     if (!budget_ok(s, push)) return; /* state untouched: evaluated again on resume */
+    bool clean = !ts->dirty && old && ts->evald[0] && strcmp(ts->evald, xds_snapshot_version(old, t)) == 0;
     if (ts->wildcard) sotw_eval_wildcard(s, t, push);
-    else sotw_eval_named(s, t, push);
+    else if (!clean || !sotw_eval_changed(s, t, push, old)) sotw_eval_named(s, t, push);
     if (rpc_call_is_closed(s->call)) return;
-    for (size_t i = 0; i < ts->subs.n; i++) ts->subs.v[i].flags &= ~(uint32_t)SUB_NEW;
+    if (ts->dirty) /* SUB_NEW is only set along with `dirty` */
+        for (size_t i = 0; i < ts->subs.n; i++) ts->subs.v[i].flags &= ~(uint32_t)SUB_NEW;
     ts->dirty = false;
     memcpy(ts->evald, tv, sizeof ts->evald);
+}
+
+/* True when the n names (none NULL) are exactly the set's names: the same
+ * sequence (a client repeating its sorted subscription: n compares), or
+ * each found once (any order: n lookups). No allocation, no sort: an ACK
+ * repeating the subscription costs that much and no more. */
+static bool same_names(subset *ss, char **names, size_t n)
+{
+    if (n != ss->n) return false;
+    size_t i = 0;
+    while (i < n && strcmp(names[i], ss->v[i].name) == 0) i++;
+    if (i == n) return true;
+    bool same = true;
+    for (size_t j = i; j < n && same; j++) {
+        sub *u = subset_find(ss, names[j]);
+        /* a name outside the set, "*", or one given twice (so another is missing) */
+        if (!u || (u->flags & SUB_SEEN) || (size_t)(u - ss->v) < i) same = false;
+        else u->flags |= SUB_SEEN;
+    }
+    for (size_t j = i; j < n; j++) ss->v[j].flags &= ~(uint32_t)SUB_SEEN;
+    return same;
 }
 
 /* Applies a SotW subscription (the complete set). False when ended. */
@@ -807,6 +1012,13 @@ static bool sotw_subscribe(ads_stream *s, xds_type t, const disc_req *req)
     tstate *ts = &s->ts[t];
     size_t n = req->n_resource_names;
     if (!count_ok(s, t, n) || !names_ok(s, req->resource_names, n)) return false;
+    if (n > 0 && same_names(&ts->subs, req->resource_names, n)) {
+        /* What subset_replace would find: no change, no "*" (not in a set). */
+        ts->named = true;
+        if (ts->wildcard || !ts->active) ts->dirty = true;
+        ts->wildcard = false;
+        return true;
+    }
     const char **names = malloc((n ? n : 1) * sizeof *names);
     if (!names) {
         abort_nomem(s);
@@ -854,7 +1066,7 @@ static void sotw_request(ads_stream *s, const disc_req *req)
     }
     if (!sotw_subscribe(s, t, req)) return;
     ts->active = true;
-    sotw_eval(s, t, false);
+    sotw_eval(s, t, false, NULL);
 }
 
 /* ---- delta ------------------------------------------------------------------------- */
@@ -911,7 +1123,44 @@ static void delta_add(ads_server *a, size_t k, xds_type t, const xds_resource *r
     a->resp[k] = m;
 }
 
-static void delta_eval(ads_stream *s, xds_type t, bool push)
+/* delta_eval's named (non-wildcard) pass for a stream whose state of type
+ * t is what its evaluation against `old` left: only the names that differ
+ * between the two snapshots' sets are looked at. False (nothing done) when
+ * that does not apply (see changed_subs). */
+static bool delta_eval_changed(ads_stream *s, xds_type t, bool push, const xds_snapshot *old)
+{
+    ads_server *a = s->a;
+    tstate *ts = &s->ts[t];
+    size_t k = 0;
+    if (!changed_subs(s, t, old, &k)) return false;
+    size_t na = 0, nr = 0;
+    for (size_t i = 0; i < k; i++) {
+        const sub *u = &ts->subs.v[a->idx[i]];
+        const xds_resource *r = xds_snapshot_find(s->snap, t, u->name);
+        a->found[i] = r;
+        if (r) {
+            if (!(u->flags & SUB_HELD) || u->held != res_ver(r)) delta_add(a, na++, t, r);
+        } else if (u->flags & (SUB_HELD | SUB_ANYVER | SUB_ANSWER)) {
+            a->removed[nr++] = (char *)u->name;
+        }
+    }
+    if (na + nr > 0) {
+        delta_send_resp(s, t, na, nr, push);
+        if (rpc_call_is_closed(s->call)) return true;
+    }
+    for (size_t i = 0; i < k; i++) {
+        sub *u = &ts->subs.v[a->idx[i]];
+        u->flags &= ~(uint32_t)(SUB_HELD | SUB_ANYVER | SUB_ANSWER);
+        if (a->found[i]) {
+            u->flags |= SUB_HELD;
+            u->held = res_ver(a->found[i]);
+        }
+    }
+    return true;
+}
+
+/* `old` as sotw_eval. */
+static void delta_eval(ads_stream *s, xds_type t, bool push, const xds_snapshot *old)
 {
     ads_server *a = s->a;
     tstate *ts = &s->ts[t];
@@ -919,6 +1168,14 @@ static void delta_eval(ads_stream *s, xds_type t, bool push)
     const char *tv = xds_snapshot_version(s->snap, t);
     if (!ts->dirty && ts->evald[0] && strcmp(ts->evald, tv) == 0) return;
     if (!budget_ok(s, push)) return; /* state untouched: evaluated again on resume */
+    /* Named, clean (the state its evaluation against `old` left: no
+     * subscription change, nothing to answer, no initial versions). */
+    if (!ts->wildcard && !ts->dirty && old && ts->evald[0] && ts->irv.n == 0 &&
+        strcmp(ts->evald, xds_snapshot_version(old, t)) == 0 && delta_eval_changed(s, t, push, old)) {
+        if (rpc_call_is_closed(s->call)) return;
+        memcpy(ts->evald, tv, sizeof ts->evald);
+        return;
+    }
     size_t cnt = xds_snapshot_count(s->snap, t);
     size_t held_cnt = ts->base ? xds_snapshot_count(ts->base, t) : ts->irv.n;
     if (!mid_is_ok(scratch_reserve(a, cnt + held_cnt + ts->subs.n + 1))) {
@@ -1130,7 +1387,7 @@ static void delta_request(ads_stream *s, const delta_req *req)
     }
     if (!delta_subscribe(s, t, req)) return;
     ts->active = true;
-    delta_eval(s, t, false);
+    delta_eval(s, t, false, NULL);
 }
 
 /* ---- stream lifecycle ----------------------------------------------------------------- */
@@ -1233,17 +1490,21 @@ static void on_debounce(rpc_loop *loop, void *arg)
         next = s->next; /* aborting never frees synchronously, but do not rely on it */
         if (!s->node || !s->snap || rpc_call_is_closed(s->call)) continue;
         bool changed;
-        if (!stream_resolve(s, &changed) || !changed) continue;
-        stream_eval_all(s, true);
+        /* Kept until the stream is evaluated: its sets are what changed
+         * names are computed against. */
+        xds_snapshot *old = xds_snapshot_ref(s->snap);
+        if (stream_resolve(s, &changed) && changed) stream_eval_all(s, true, old);
+        xds_snapshot_unref(old);
     }
+    diffs_clear(a);
 }
 
-/* Every type of s, in push order CDS, EDS, LDS, RDS. */
-static void stream_eval_all(ads_stream *s, bool push)
+/* Every type of s, in push order CDS, EDS, LDS, RDS; `old` as sotw_eval. */
+static void stream_eval_all(ads_stream *s, bool push, const xds_snapshot *old)
 {
     for (int t = 0; t < XDS_TYPE_COUNT; t++) {
-        if (s->delta) delta_eval(s, (xds_type)t, push);
-        else sotw_eval(s, (xds_type)t, push);
+        if (s->delta) delta_eval(s, (xds_type)t, push, old);
+        else sotw_eval(s, (xds_type)t, push, old);
     }
 }
 
@@ -1393,5 +1654,8 @@ void ads_server_free(ads_server *a)
     free(a->removed);
     free(a->found);
     free(a->mark);
+    diffs_clear(a);
+    free(a->chg);
+    free(a->idx);
     free(a);
 }

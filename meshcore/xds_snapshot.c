@@ -1,11 +1,16 @@
 /* xDS snapshots: sealed, reference-counted resource sets and per-proxy
  * snapshots made of shared sets plus own resources. See xds_snapshot.h.
  *
- * A resource's version is computed when it is added (the only step that can
- * fail), so sealing a set only sorts it. A snapshot's type version is a
- * SHA-256 over every (name, version) of the type in snapshot order, each
- * field preceded by its length, so that no two different lists hash alike by
- * concatenation. */
+ * A resource's version is computed when it is added. Sealing a set sorts it
+ * and computes its digest: a SHA-256 over its count and every (name,
+ * version) in name order, each field preceded by its length, so that no two
+ * different lists hash alike by concatenation. A snapshot's type version is
+ * a SHA-256 over the type's resource count and the digests of its non-empty
+ * sets (shared parts in order, then the own resources), so sealing one of a
+ * thousand per-proxy snapshots hashes a few digests, not every resource of
+ * the shared parts again. Names are unique within a set (checked when
+ * added); a snapshot checks only its own resources against the parts, and
+ * the parts against each other when there is more than one. */
 #include "meshcore/xds_snapshot.h"
 
 #include <stdatomic.h>
@@ -78,9 +83,13 @@ MID_RESULT xds_type_from_short(const char *s, xds_type *out)
 
 /* ---- resource sets ---------------------------------------------------------- */
 
+#define DIGEST_LEN 32 /* SHA-256 */
+
 struct xds_rset {
     atomic_size_t refs;
     bool sealed;
+    bool digest_ok;                /* sealed: `digest` is valid */
+    uint8_t digest[DIGEST_LEN];    /* sealed: over count and every (name, version) */
     xds_resource *res; /* each res[i] owns one block: version, name, bytes */
     size_t n, cap;
     /* Unsealed only: open-addressing index of names (slot = index + 1). */
@@ -188,6 +197,33 @@ static int res_cmp(const void *a, const void *b)
     return strcmp(((const xds_resource *)a)->name, ((const xds_resource *)b)->name);
 }
 
+static MID_RESULT hash_u64(EVP_MD_CTX *c, uint64_t v)
+{
+    uint8_t b[8];
+    for (int i = 0; i < 8; i++) b[i] = (uint8_t)(v >> (56 - 8 * i));
+    MID_GUARD_OSSL(EVP_DigestUpdate(c, b, sizeof b), MID_E_CRYPTO, "sha256 update");
+    return mid_ok();
+}
+
+/* SHA-256 over the sorted set's count and every (name, version). */
+static MID_RESULT set_digest(const xds_rset *r, EVP_MD_CTX *c, uint8_t out[DIGEST_LEN])
+{
+    unsigned int mdlen = 0;
+    MID_GUARD_OSSL(EVP_DigestInit_ex(c, EVP_sha256(), NULL), MID_E_CRYPTO, "sha256 init");
+    MID_GUARD(hash_u64(c, r->n));
+    for (size_t j = 0; j < r->n; j++) {
+        size_t nl = strlen(r->res[j].name);
+        MID_GUARD(hash_u64(c, nl));
+        MID_GUARD_OSSL(EVP_DigestUpdate(c, r->res[j].name, nl), MID_E_CRYPTO, "sha256 update");
+        MID_GUARD(hash_u64(c, XDS_VERSION_LEN));
+        MID_GUARD_OSSL(EVP_DigestUpdate(c, r->res[j].version, XDS_VERSION_LEN), MID_E_CRYPTO,
+                       "sha256 update");
+    }
+    MID_GUARD_OSSL(EVP_DigestFinal_ex(c, out, &mdlen), MID_E_CRYPTO, "sha256 final");
+    MID_ENSURE(mdlen == DIGEST_LEN, MID_E_INTERNAL, "unexpected digest length");
+    return mid_ok();
+}
+
 void xds_rset_seal(xds_rset *r)
 {
     if (r->sealed) return;
@@ -196,6 +232,11 @@ void xds_rset_seal(xds_rset *r)
     r->slots = NULL;
     r->nslots = 0;
     r->sealed = true;
+    /* A failure (only out of memory in libcrypto) leaves digest_ok false:
+     * xds_snapshot_seal then refuses the set. */
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    r->digest_ok = c && mid_is_ok(set_digest(r, c, r->digest));
+    EVP_MD_CTX_free(c);
 }
 
 xds_rset *xds_rset_ref(xds_rset *r)
@@ -291,46 +332,77 @@ MID_RESULT xds_snapshot_add_set(xds_snapshot *s, xds_type t, xds_rset *set)
     return mid_ok();
 }
 
-/* Each part is sorted and duplicate-free, so a k-way merge finds a name that
- * occurs in two parts in O(n x k). */
-static MID_RESULT check_duplicates(const snap_type *st, xds_type t)
+static MID_RESULT dup_error(xds_type t, const char *name)
 {
-    size_t k = 0, pos[PARTS_MAX + 1];
-    const xds_rset *p[PARTS_MAX + 1];
-    for (size_t i = 0; i <= st->nparts; i++) {
-        if (st->parts[i]->n) {
-            p[k] = st->parts[i];
-            pos[k++] = 0;
-        }
-    }
-    if (k < 2) return mid_ok();
-    const char *prev = NULL;
-    for (;;) {
-        size_t best = k;
-        for (size_t i = 0; i < k; i++) {
-            if (pos[i] == p[i]->n) continue;
-            if (best == k || strcmp(p[i]->res[pos[i]].name, p[best]->res[pos[best]].name) < 0)
-                best = i;
-        }
-        if (best == k) return mid_ok();
-        const char *cur = p[best]->res[pos[best]++].name;
-        if (prev && strcmp(prev, cur) == 0) {
-            char pb[PRINT_MAX + 1];
-            MID_BAIL(MID_E_EXISTS, "%s resource \"%s\" occurs twice in one snapshot",
-                     xds_type_short(t), printable(cur, pb, sizeof pb));
-        }
-        prev = cur;
-    }
+    char pb[PRINT_MAX + 1];
+    MID_BAIL(MID_E_EXISTS, "%s resource \"%s\" occurs twice in one snapshot", xds_type_short(t),
+             printable(name, pb, sizeof pb));
 }
 
-static MID_RESULT hash_u64(EVP_MD_CTX *c, uint64_t v)
+/* Two sorted, duplicate-free sets: MID_E_EXISTS for a name in both. Looks
+ * the smaller one up in the larger one when it is much smaller, merges
+ * otherwise. */
+static MID_RESULT check_pair(const xds_rset *x, const xds_rset *y, xds_type t)
 {
-    uint8_t b[8];
-    for (int i = 0; i < 8; i++) b[i] = (uint8_t)(v >> (56 - 8 * i));
-    MID_GUARD_OSSL(EVP_DigestUpdate(c, b, sizeof b), MID_E_CRYPTO, "sha256 update");
+    if (x->n > y->n) {
+        const xds_rset *tmp = x;
+        x = y;
+        y = tmp;
+    }
+    if (x->n == 0) return mid_ok();
+    /* Disjoint name ranges: nothing in common. */
+    if (strcmp(x->res[x->n - 1].name, y->res[0].name) < 0 ||
+        strcmp(y->res[y->n - 1].name, x->res[0].name) < 0)
+        return mid_ok();
+    if (x->n * 16 <= y->n) {
+        for (size_t i = 0; i < x->n; i++)
+            if (bsearch(x->res[i].name, y->res, y->n, sizeof *y->res, key_cmp))
+                return dup_error(t, x->res[i].name);
+        return mid_ok();
+    }
+    size_t i = 0, j = 0;
+    while (i < x->n && j < y->n) {
+        int c = strcmp(x->res[i].name, y->res[j].name);
+        if (c == 0) return dup_error(t, x->res[i].name);
+        if (c < 0) i++;
+        else j++;
+    }
     return mid_ok();
 }
 
+static int set_first_cmp(const void *a, const void *b)
+{
+    const xds_rset *x = *(const xds_rset *const *)a, *y = *(const xds_rset *const *)b;
+    return strcmp(x->res[0].name, y->res[0].name);
+}
+
+/* Each set is sorted and duplicate-free, so only names in two different
+ * sets can collide: the own set against every part, then (more than one
+ * part) the parts against each other, by their name ranges and, where
+ * ranges overlap, pairwise. */
+static MID_RESULT check_duplicates(const snap_type *st, xds_type t)
+{
+    const xds_rset *own = st->parts[st->nparts];
+    for (size_t i = 0; i < st->nparts; i++) MID_GUARD(check_pair(own, st->parts[i], t));
+    if (st->nparts < 2) return mid_ok();
+    const xds_rset *p[PARTS_MAX];
+    size_t k = 0;
+    for (size_t i = 0; i < st->nparts; i++)
+        if (st->parts[i]->n) p[k++] = st->parts[i];
+    qsort(p, k, sizeof *p, set_first_cmp);
+    for (size_t i = 0; i < k; i++) {
+        /* p[i+1..] start at or after p[i]'s first name: only those that
+         * start at or before its last name can share one with it. */
+        for (size_t j = i + 1; j < k; j++) {
+            if (strcmp(p[j]->res[0].name, p[i]->res[p[i]->n - 1].name) > 0) break;
+            MID_GUARD(check_pair(p[i], p[j], t));
+        }
+    }
+    return mid_ok();
+}
+
+/* SHA-256 over the type's count and the digests of its non-empty sets in
+ * snapshot order; the first XDS_VERSION_LEN hex chars into out. */
 static MID_RESULT type_version(const snap_type *st, EVP_MD_CTX *c, char *out)
 {
     static const char hex[] = "0123456789abcdef";
@@ -338,14 +410,9 @@ static MID_RESULT type_version(const snap_type *st, EVP_MD_CTX *c, char *out)
     MID_GUARD(hash_u64(c, st->count));
     for (size_t i = 0; i <= st->nparts; i++) {
         const xds_rset *p = st->parts[i];
-        for (size_t j = 0; j < p->n; j++) {
-            size_t nl = strlen(p->res[j].name);
-            MID_GUARD(hash_u64(c, nl));
-            MID_GUARD_OSSL(EVP_DigestUpdate(c, p->res[j].name, nl), MID_E_CRYPTO, "sha256 update");
-            MID_GUARD(hash_u64(c, XDS_VERSION_LEN));
-            MID_GUARD_OSSL(EVP_DigestUpdate(c, p->res[j].version, XDS_VERSION_LEN), MID_E_CRYPTO,
-                           "sha256 update");
-        }
+        if (!p->n) continue;
+        MID_ENSURE(p->digest_ok, MID_E_CRYPTO, "resource set without a digest");
+        MID_GUARD_OSSL(EVP_DigestUpdate(c, p->digest, DIGEST_LEN), MID_E_CRYPTO, "sha256 update");
     }
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
@@ -423,6 +490,18 @@ const xds_resource *xds_snapshot_find(const xds_snapshot *s, xds_type t, const c
         if (r) return r;
     }
     return NULL;
+}
+
+size_t xds_snapshot_set_count(const xds_snapshot *s, xds_type t)
+{
+    if (!s->sealed || (unsigned)t >= XDS_TYPE_COUNT) return 0;
+    return s->types[t].nparts + 1;
+}
+
+xds_rset *xds_snapshot_set(const xds_snapshot *s, xds_type t, size_t i)
+{
+    if (!s->sealed || (unsigned)t >= XDS_TYPE_COUNT || i > s->types[t].nparts) return NULL;
+    return s->types[t].parts[i];
 }
 
 const char *xds_snapshot_version(const xds_snapshot *s, xds_type t)

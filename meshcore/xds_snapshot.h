@@ -10,7 +10,9 @@
  * Any: the server wraps them with xds_type_url(type) when sending.
  * A resource's version is derived from its bytes (so equal bytes give equal
  * versions on every build and every server); a type's version is derived from
- * the names and versions of all its resources.
+ * the names and versions of all its resources, through one digest per sealed
+ * set (computed once when the set is sealed, so sharing a sealed part costs a
+ * snapshot nothing per resource).
  */
 #ifndef MESHID_MESHCORE_XDS_SNAPSHOT_H
 #define MESHID_MESHCORE_XDS_SNAPSHOT_H
@@ -101,9 +103,21 @@ size_t xds_snapshot_count(const xds_snapshot *s, xds_type t);
 const xds_resource *xds_snapshot_at(const xds_snapshot *s, xds_type t, size_t i);
 /* NULL when absent. O(parts x log n). */
 const xds_resource *xds_snapshot_find(const xds_snapshot *s, xds_type t, const char *name);
+/* The type's resource sets, sealed snapshots only: the shared parts in the
+ * order they were added, then the snapshot's own resources (always there,
+ * possibly empty), so the count is >= 1 (0 for an unsealed snapshot or a bad
+ * type). xds_snapshot_set returns NULL out of range. The snapshot keeps its
+ * reference; a caller that keeps a set beyond the snapshot's life takes its
+ * own (xds_rset_ref) and never changes it. Sets are immutable: two snapshots
+ * holding the same set object hold the same resources in it, which lets a
+ * caller comparing two snapshots skip the sets they share. */
+size_t xds_snapshot_set_count(const xds_snapshot *s, xds_type t);
+xds_rset *xds_snapshot_set(const xds_snapshot *s, xds_type t, size_t i);
 /* The type's version (XDS_VERSION_LEN hex chars), derived from the names and
- * versions of all its resources; the same for an empty type on every
- * snapshot. */
+ * versions of all its resources and from how they are split into sets (a
+ * digest per set): equal sets give an equal version, any change of a name
+ * or a resource's version a different one. The same for an empty type on
+ * every snapshot. */
 const char *xds_snapshot_version(const xds_snapshot *s, xds_type t);
 
 #endif

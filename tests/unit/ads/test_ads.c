@@ -976,6 +976,215 @@ static void test_many_streams_one_push(void **state)
     }
 }
 
+/* ---- shared parts and the push-cycle diff --------------------------------------------- */
+
+#define BIG 80 /* resources in the big part: over the diff cache's threshold */
+
+/* EDS part "e00=1" .. "e79=1", without `drop`, e05 and e06 with the given
+ * contents. */
+static xds_rset *big_part(const char *drop, const char *v05, const char *v06)
+{
+    xds_rset *r;
+    OK(xds_rset_new(&r));
+    for (int i = 0; i < BIG; i++) {
+        char name[16], bytes[40];
+        snprintf(name, sizeof name, "e%02d", i);
+        if (drop && strcmp(name, drop) == 0) continue;
+        snprintf(bytes, sizeof bytes, "%s=%s", name, i == 5 ? v05 : i == 6 ? v06 : "1");
+        OK(xds_rset_add(r, name, (const uint8_t *)bytes, strlen(bytes)));
+    }
+    xds_rset_seal(r);
+    return r;
+}
+
+/* A small part from a "name=content,..." spec. */
+static xds_rset *small_part(const char *spec)
+{
+    xds_snapshot *tmp = mk("", spec, "", ""); /* parses the spec into own EDS */
+    xds_rset *r;
+    OK(xds_rset_new(&r));
+    for (size_t i = 0; i < xds_snapshot_count(tmp, EDS); i++) {
+        const xds_resource *x = xds_snapshot_at(tmp, EDS, i);
+        OK(xds_rset_add(r, x->name, x->bytes, x->len));
+    }
+    xds_rset_seal(r);
+    xds_snapshot_unref(tmp);
+    return r;
+}
+
+/* CDS "a=1"; EDS = the parts p1, p2, then own resources `own`. */
+static xds_snapshot *mk_parts(xds_rset *p1, xds_rset *p2, const char *own)
+{
+    xds_snapshot *s;
+    OK(xds_snapshot_new(&s));
+    add_spec(s, CDS, "a=1");
+    OK(xds_snapshot_add_set(s, EDS, p1));
+    OK(xds_snapshot_add_set(s, EDS, p2));
+    add_spec(s, EDS, own);
+    OK(xds_snapshot_seal(s));
+    return s;
+}
+
+static void expect_eds(cli *c, size_t i, const char *want)
+{
+    char vals[256];
+    wait_n(c, i + 1);
+    sotw_get(c, i, EDS, vals, sizeof vals, NULL, NULL);
+    assert_string_equal(vals, want);
+}
+
+/* Streams re-evaluated after a push look only at the sets that changed
+ * (one diff per replaced shared part, shared by every stream): a changed
+ * shared part, a changed second part, changed own resources, a resource
+ * that leaves and comes back, one that moves between sets. */
+static void test_sotw_shared_parts_push(void **state)
+{
+    fx *f = *state;
+    xds_rset *p1 = big_part(NULL, "1", "1"), *p2 = small_part("x=1,y=1");
+    set_snap(f, mk_parts(p1, p2, "z=1"));
+    const char *eds[] = {"e05", "e70", "x", "z"};
+    cli *cl[2];
+    for (int k = 0; k < 2; k++) {
+        cli *c = cl[k] = cli_open(f, false);
+        c->auto_ack = true;
+        sotw_sub(c, CDS, NULL, 0, true);
+        wait_n(c, 1);
+        sotw_sub(c, EDS, eds, 4, false);
+        expect_eds(c, 1, "e05=1,e70=1,x=1,z=1");
+    }
+    quiet(cl[0]);
+    /* the big shared part replaced, one subscribed resource changed */
+    xds_rset *p1b = big_part(NULL, "2", "1");
+    notify(f, mk_parts(p1b, p2, "z=1"));
+    for (int k = 0; k < 2; k++) expect_eds(cl[k], 2, "e05=2");
+    /* the second part replaced; the first one is the same object */
+    xds_rset *p2b = small_part("x=2,y=1");
+    notify(f, mk_parts(p1b, p2b, "z=1"));
+    for (int k = 0; k < 2; k++) expect_eds(cl[k], 3, "x=2");
+    /* own resources changed */
+    notify(f, mk_parts(p1b, p2b, "z=2"));
+    for (int k = 0; k < 2; k++) expect_eds(cl[k], 4, "z=2");
+    /* an unsubscribed resource of the big part changed: nothing */
+    xds_rset *p1c = big_part(NULL, "2", "2");
+    notify(f, mk_parts(p1c, p2b, "z=2"));
+    quiet(cl[0]);
+    assert_int_equal(cl[0]->n, 5);
+    assert_int_equal(cl[1]->n, 5);
+    /* e70 leaves (no response: a parent drops it) and comes back (sent) */
+    xds_rset *p1d = big_part("e70", "2", "2");
+    notify(f, mk_parts(p1d, p2b, "z=2"));
+    quiet(cl[0]);
+    assert_int_equal(cl[0]->n, 5);
+    notify(f, mk_parts(p1c, p2b, "z=2"));
+    for (int k = 0; k < 2; k++) expect_eds(cl[k], 5, "e70=1");
+    /* x moves from the second part to the own resources, same bytes: nothing */
+    xds_rset *p2c = small_part("y=1");
+    notify(f, mk_parts(p1c, p2c, "x=2,z=2"));
+    quiet(cl[0]);
+    assert_int_equal(cl[0]->n, 6);
+    assert_int_equal(cl[1]->n, 6);
+    /* and changes there */
+    notify(f, mk_parts(p1c, p2c, "x=3,z=2"));
+    for (int k = 0; k < 2; k++) expect_eds(cl[k], 6, "x=3");
+    quiet(cl[0]);
+    assert_int_equal(stats(f).pushes, 2 * 5);
+    assert_int_equal(stats(f).nacks, 0);
+    xds_rset *all[] = {p1, p2, p1b, p2b, p1c, p1d, p2c};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) xds_rset_unref(all[i]);
+}
+
+static void delta_send(cli *c, xds_type t, const char *const *sub, size_t nsub, const char *const *unsub,
+                       size_t nun, const char *nonce, bool nack, irv_entry **irv, size_t nirv,
+                       bool with_node);
+static void delta_get(cli *c, size_t i, xds_type want, char *res, char *removed, char *nonce);
+
+/* The same for a delta named subscription: changes of shared parts and own
+ * resources, a removal (removed_resources) and the return. */
+static void test_delta_shared_parts_push(void **state)
+{
+    fx *f = *state;
+    xds_rset *p1 = big_part(NULL, "1", "1"), *p2 = small_part("x=1,y=1");
+    set_snap(f, mk_parts(p1, p2, "z=1"));
+    cli *c = cli_open(f, true);
+    const char *eds[] = {"e05", "e70", "x", "z"};
+    char res[256], rem[256], nonce[64];
+    delta_send(c, EDS, eds, 4, NULL, 0, NULL, false, NULL, 0, true);
+    wait_n(c, 1);
+    delta_get(c, 0, EDS, res, rem, nonce);
+    assert_string_equal(res, "e05=1,e70=1,x=1,z=1");
+    delta_send(c, EDS, NULL, 0, NULL, 0, nonce, false, NULL, 0, false);
+    quiet(c);
+    xds_rset *p1b = big_part(NULL, "2", "2"); /* e05 subscribed, e06 not */
+    notify(f, mk_parts(p1b, p2, "z=1"));
+    wait_n(c, 2);
+    delta_get(c, 1, EDS, res, rem, nonce);
+    assert_string_equal(res, "e05=2");
+    assert_string_equal(rem, "");
+    xds_rset *p1c = big_part("e70", "2", "2");
+    notify(f, mk_parts(p1c, p2, "z=1"));
+    wait_n(c, 3);
+    delta_get(c, 2, EDS, res, rem, nonce);
+    assert_string_equal(res, "");
+    assert_string_equal(rem, "e70");
+    notify(f, mk_parts(p1b, p2, "z=2"));
+    wait_n(c, 4);
+    delta_get(c, 3, EDS, res, rem, nonce);
+    assert_string_equal(res, "e70=1,z=2");
+    xds_rset *p2b = small_part("y=1");
+    notify(f, mk_parts(p1b, p2b, "x=1,z=2")); /* x moves, same bytes */
+    quiet(c);
+    assert_int_equal(c->n, 4);
+    assert_int_equal(stats(f).pushes, 3);
+    xds_rset *all[] = {p1, p2, p1b, p1c, p2b};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) xds_rset_unref(all[i]);
+}
+
+/* ACKs that repeat the subscription take a shortcut; any other set of the
+ * same size (reordered, a duplicate, another name) must still count. */
+static void test_sotw_ack_same_names(void **state)
+{
+    fx *f = *state;
+    cli *c = cli_open(f, false);
+    char nonce[64], vals[256];
+    sotw_sub(c, CDS, NULL, 0, true);
+    wait_n(c, 1);
+    sotw_get(c, 0, CDS, NULL, 0, nonce, NULL);
+    sotw_send(c, CDS, NULL, 0, nonce, false, NULL);
+    const char *ab[] = {"a", "b"}, *ba[] = {"b", "a"}, *bb[] = {"b", "b"}, *ca[] = {"c", "a"};
+    sotw_send(c, EDS, ab, 2, NULL, false, NULL);
+    wait_n(c, 2);
+    sotw_get(c, 1, EDS, vals, sizeof vals, nonce, NULL);
+    assert_string_equal(vals, "a=e1,b=e1");
+    /* the same names, in order and reordered: ACKs, nothing sent */
+    sotw_send(c, EDS, ab, 2, nonce, false, NULL);
+    sotw_send(c, EDS, ba, 2, nonce, false, NULL);
+    quiet(c);
+    assert_int_equal(stats(f).acks, 3);
+    assert_int_equal(c->n, 2);
+    /* a duplicate: the subscription is {b} now; a is new again afterwards */
+    sotw_send(c, EDS, bb, 2, nonce, false, NULL);
+    quiet(c);
+    assert_int_equal(c->n, 2);
+    sotw_send(c, EDS, ba, 2, nonce, false, NULL);
+    wait_n(c, 3);
+    sotw_get(c, 2, EDS, vals, sizeof vals, nonce, NULL);
+    assert_string_equal(vals, "a=e1");
+    /* the same count, another name */
+    sotw_send(c, EDS, ca, 2, nonce, false, NULL);
+    wait_n(c, 4);
+    sotw_get(c, 3, EDS, vals, sizeof vals, nonce, NULL);
+    assert_string_equal(vals, "c=e1");
+    sotw_send(c, EDS, ca, 2, nonce, false, NULL);
+    /* b is no longer subscribed: its change is not pushed; c's is */
+    notify(f, mk("a=1,b=1,c=1", "a=e1,b=e2,c=e1", "l1=1", "r1=1"));
+    quiet(c);
+    assert_int_equal(c->n, 4);
+    notify(f, mk("a=1,b=1,c=1", "a=e1,b=e2,c=e2", "l1=1", "r1=1"));
+    wait_n(c, 5);
+    sotw_get(c, 4, EDS, vals, sizeof vals, NULL, NULL);
+    assert_string_equal(vals, "c=e2");
+}
+
 /* ---- delta ------------------------------------------------------------------------------ */
 
 static void test_delta_named(void **state)
@@ -1163,6 +1372,9 @@ int run_ads_tests(void)
         cmocka_unit_test_setup_teardown(test_slow_reader_aborted, slow_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_queue_budget, budget_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_many_streams_one_push, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_sotw_shared_parts_push, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_sotw_ack_same_names, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_delta_shared_parts_push, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_delta_named, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_delta_wildcard, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_delta_initial_versions, fx_setup, fx_teardown),

@@ -321,6 +321,130 @@ static void test_type_versions(void **state)
     xds_rset_unref(r);
 }
 
+/* A sealed set of n names "<prefix>NNN" (bytes = the name). */
+static xds_rset *numbered(const char *prefix, size_t n)
+{
+    xds_rset *r;
+    OK(xds_rset_new(&r));
+    for (size_t i = 0; i < n; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "%s%03zu", prefix, i);
+        OK(xds_rset_add(r, name, B(name), strlen(name)));
+    }
+    xds_rset_seal(r);
+    return r;
+}
+
+/* Seals a snapshot of type RDS made of the given parts plus own names. */
+static mid_result seal_parts(xds_rset *const *parts, size_t np, const char *const *own, size_t no,
+                             xds_snapshot **out)
+{
+    OK(xds_snapshot_new(out));
+    for (size_t i = 0; i < np; i++) OK(xds_snapshot_add_set(*out, XDS_RDS, parts[i]));
+    for (size_t i = 0; i < no; i++) OK(xds_snapshot_add(*out, XDS_RDS, own[i], B("x"), 1));
+    return xds_snapshot_seal(*out);
+}
+
+/* The duplicate check looks only between sets, by ranges, lookups and
+ * merges: every shape must still find a name given twice. */
+static void test_duplicates_between_sets(void **state)
+{
+    (void)state;
+    xds_rset *big = numbered("m", 200), *lo = numbered("a", 5), *hi = numbered("z", 5),
+             *mid = numbered("m1", 20), *big2 = numbered("m", 150);
+    xds_snapshot *s;
+    /* own name found in a much larger part (lookup path), at both ends */
+    const char *first[] = {"m000"}, *last[] = {"m199"}, *fresh[] = {"m0005", "n"};
+    FAILS(seal_parts(&big, 1, first, 1, &s), MID_E_EXISTS);
+    assert_non_null(strstr(mid_errmsg(), "\"m000\""));
+    xds_snapshot_unref(s);
+    FAILS(seal_parts(&big, 1, last, 1, &s), MID_E_EXISTS);
+    xds_snapshot_unref(s);
+    OK(seal_parts(&big, 1, fresh, 2, &s));
+    assert_int_equal(xds_snapshot_count(s, XDS_RDS), 202);
+    xds_snapshot_unref(s);
+    /* parts with disjoint ranges, in any order: fine */
+    xds_rset *order[] = {hi, big, lo};
+    OK(seal_parts(order, 3, NULL, 0, &s));
+    assert_int_equal(xds_snapshot_count(s, XDS_RDS), 210);
+    xds_snapshot_unref(s);
+    /* overlapping ranges without common names ("m1NNN" sorts between "m1.." names of big) */
+    xds_rset *ov[] = {lo, big, hi, mid};
+    OK(seal_parts(ov, 4, NULL, 0, &s));
+    xds_snapshot_unref(s);
+    /* overlapping parts sharing names (merge path), not adjacent in order */
+    xds_rset *dup[] = {lo, big2, hi, big};
+    FAILS(seal_parts(dup, 4, NULL, 0, &s), MID_E_EXISTS);
+    xds_snapshot_unref(s);
+    /* own resources against the last of several parts */
+    const char *zz[] = {"z004"};
+    FAILS(seal_parts(order, 3, zz, 1, &s), MID_E_EXISTS);
+    xds_snapshot_unref(s);
+    xds_rset *all[] = {big, lo, hi, mid, big2};
+    for (size_t i = 0; i < 5; i++) xds_rset_unref(all[i]);
+}
+
+/* The set view of a snapshot and the versions built from set digests. */
+static void test_snapshot_sets_and_part_versions(void **state)
+{
+    (void)state;
+    const char *kv[] = {"a", "1", "b", "2"}, *kv2[] = {"a", "1", "b", "3"}, *own[] = {"c", "x"};
+    xds_rset *p = mkset(kv, 2), *same = mkset(kv, 2), *changed = mkset(kv2, 2), *q = numbered("q", 3);
+    xds_snapshot *s, *u;
+    OK(xds_snapshot_new(&s));
+    assert_int_equal(xds_snapshot_set_count(s, XDS_CDS), 0); /* unsealed */
+    assert_null(xds_snapshot_set(s, XDS_CDS, 0));
+    OK(xds_snapshot_add_set(s, XDS_CDS, p));
+    OK(xds_snapshot_add_set(s, XDS_CDS, q));
+    OK(xds_snapshot_add(s, XDS_CDS, own[0], B(own[1]), 1));
+    OK(xds_snapshot_seal(s));
+    assert_int_equal(xds_snapshot_set_count(s, XDS_CDS), 3);
+    assert_ptr_equal(xds_snapshot_set(s, XDS_CDS, 0), p);
+    assert_ptr_equal(xds_snapshot_set(s, XDS_CDS, 1), q);
+    assert_int_equal(xds_rset_count(xds_snapshot_set(s, XDS_CDS, 2)), 1); /* own */
+    assert_string_equal(xds_rset_at(xds_snapshot_set(s, XDS_CDS, 2), 0)->name, "c");
+    assert_null(xds_snapshot_set(s, XDS_CDS, 3));
+    assert_int_equal(xds_snapshot_set_count(s, XDS_EDS), 1); /* just the (empty) own set */
+    assert_int_equal(xds_snapshot_set_count(s, XDS_TYPE_COUNT), 0);
+    assert_null(xds_snapshot_set(s, XDS_TYPE_COUNT, 0));
+
+    /* another set object with the same content: the same version */
+    OK(xds_snapshot_new(&u));
+    OK(xds_snapshot_add_set(u, XDS_CDS, same));
+    OK(xds_snapshot_add_set(u, XDS_CDS, q));
+    OK(xds_snapshot_add(u, XDS_CDS, own[0], B(own[1]), 1));
+    OK(xds_snapshot_seal(u));
+    assert_string_equal(xds_snapshot_version(s, XDS_CDS), xds_snapshot_version(u, XDS_CDS));
+    xds_snapshot_unref(u);
+    /* one resource of a shared part changed: another version */
+    OK(xds_snapshot_new(&u));
+    OK(xds_snapshot_add_set(u, XDS_CDS, changed));
+    OK(xds_snapshot_add_set(u, XDS_CDS, q));
+    OK(xds_snapshot_add(u, XDS_CDS, own[0], B(own[1]), 1));
+    OK(xds_snapshot_seal(u));
+    assert_string_not_equal(xds_snapshot_version(s, XDS_CDS), xds_snapshot_version(u, XDS_CDS));
+    xds_snapshot_unref(u);
+    /* an own resource changed: another version */
+    OK(xds_snapshot_new(&u));
+    OK(xds_snapshot_add_set(u, XDS_CDS, p));
+    OK(xds_snapshot_add_set(u, XDS_CDS, q));
+    OK(xds_snapshot_add(u, XDS_CDS, own[0], B("y"), 1));
+    OK(xds_snapshot_seal(u));
+    assert_string_not_equal(xds_snapshot_version(s, XDS_CDS), xds_snapshot_version(u, XDS_CDS));
+    xds_snapshot_unref(u);
+    /* the parts in the other order: another version (snapshot order counts) */
+    OK(xds_snapshot_new(&u));
+    OK(xds_snapshot_add_set(u, XDS_CDS, q));
+    OK(xds_snapshot_add_set(u, XDS_CDS, p));
+    OK(xds_snapshot_add(u, XDS_CDS, own[0], B(own[1]), 1));
+    OK(xds_snapshot_seal(u));
+    assert_string_not_equal(xds_snapshot_version(s, XDS_CDS), xds_snapshot_version(u, XDS_CDS));
+    xds_snapshot_unref(u);
+    xds_snapshot_unref(s);
+    xds_rset *all[] = {p, same, changed, q};
+    for (size_t i = 0; i < 4; i++) xds_rset_unref(all[i]);
+}
+
 typedef struct {
     xds_snapshot *s;
     xds_rset *r;
@@ -374,6 +498,8 @@ int run_snapshot_tests(void)
         cmocka_unit_test(test_snapshot_errors),
         cmocka_unit_test(test_snapshot_duplicates_across_parts),
         cmocka_unit_test(test_type_versions),
+        cmocka_unit_test(test_duplicates_between_sets),
+        cmocka_unit_test(test_snapshot_sets_and_part_versions),
         cmocka_unit_test(test_refcount_threads),
     };
     return cmocka_run_group_tests_name("xds_snapshot", tests, NULL, NULL);
