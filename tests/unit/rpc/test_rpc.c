@@ -826,33 +826,52 @@ static void test_malformed_request(void **state)
     assert_int_equal(f.svc.dones, 2);
 }
 
+/* A unary Echo carrying `len` bytes of blob on `ch`; returns the status. */
+static rpc_code echo_blob(fx *f, rpc_channel *ch, size_t len)
+{
+    static uint8_t blob[100 * 1024];
+    assert_true(len <= sizeof blob);
+    EchoRequest req = MESHID__TEST__V1__ECHO_REQUEST__INIT;
+    req.text = "big";
+    req.blob.data = blob;
+    req.blob.len = len;
+    rpc_call_opts o = {.timeout_ms = 5000};
+    f->pending = 1;
+    assert_true(mid_is_ok(rpc_unary(ch, M_ECHO, &req.base, RESP_DESC, &o, on_unary, f)));
+    run_loop(f);
+    return f->code;
+}
+
+/* A server with these limits on a Unix socket, and a channel to it. */
+static rpc_channel *limited_server(fx *f, const rpc_server_opts *so)
+{
+    fx_init(f, so);
+    fx_unix(f);
+    assert_true(mid_is_ok(rpc_server_start(f->srv)));
+    rpc_channel *ch;
+    assert_true(mid_is_ok(rpc_channel_new(f->loop, f->target, NULL, 0, &ch)));
+    return ch;
+}
+
 static void test_oversized(void **state)
 {
     (void)state;
     fx f;
     rpc_server_opts so = {.max_msg_bytes = 64 * 1024};
-    fx_init(&f, &so);
-    fx_unix(&f);
-    assert_true(mid_is_ok(rpc_server_start(f.srv)));
-    rpc_channel *ch;
-    assert_true(mid_is_ok(rpc_channel_new(f.loop, f.target, NULL, 0, &ch)));
-    static uint8_t blob[100 * 1024];
-    EchoRequest req = MESHID__TEST__V1__ECHO_REQUEST__INIT;
-    req.text = "big";
-    req.blob.data = blob;
-    req.blob.len = sizeof blob;
-    rpc_call_opts o = {.timeout_ms = 5000};
-    f.pending = 1;
-    assert_true(mid_is_ok(rpc_unary(ch, M_ECHO, &req.base, RESP_DESC, &o, on_unary, &f)));
-    run_loop(&f);
-    assert_int_equal(f.code, RPC_RESOURCE_EXHAUSTED);
+    rpc_channel *ch = limited_server(&f, &so);
+    assert_int_equal(echo_blob(&f, ch, 100 * 1024), RPC_RESOURCE_EXHAUSTED);
     assert_int_equal(f.svc.starts, 0);
     /* the connection survives it */
+    rpc_call_opts o = {.timeout_ms = 5000};
     call_echo(&f, ch, "small", &o);
     assert_int_equal(f.code, RPC_OK);
     /* client side: over its own limit, refused before sending */
     rpc_channel *small;
     assert_true(mid_is_ok(rpc_channel_new(f.loop, f.target, NULL, 1024, &small)));
+    static uint8_t blob[2048];
+    EchoRequest req = MESHID__TEST__V1__ECHO_REQUEST__INIT;
+    req.blob.data = blob;
+    req.blob.len = sizeof blob;
     assert_false(mid_is_ok(rpc_unary(small, M_ECHO, &req.base, RESP_DESC, &o, on_unary, &f)));
     assert_int_equal(mid_errcode(), MID_E_TOO_LARGE);
     fx_free(&f);
@@ -873,27 +892,10 @@ static void test_recv_limit(void **state)
 
     fx f;
     rpc_server_opts so = {.max_msg_bytes = 1024 * 1024, .max_recv_bytes = 64 * 1024};
-    fx_init(&f, &so);
-    fx_unix(&f);
-    assert_true(mid_is_ok(rpc_server_start(f.srv)));
-    rpc_channel *ch;
-    assert_true(mid_is_ok(rpc_channel_new(f.loop, f.target, NULL, 0, &ch)));
-    static uint8_t blob[100 * 1024];
-    EchoRequest req = MESHID__TEST__V1__ECHO_REQUEST__INIT;
-    req.text = "big";
-    req.blob.data = blob;
-    req.blob.len = sizeof blob;
-    rpc_call_opts o = {.timeout_ms = 5000};
-    f.pending = 1;
-    assert_true(mid_is_ok(rpc_unary(ch, M_ECHO, &req.base, RESP_DESC, &o, on_unary, &f)));
-    run_loop(&f);
-    assert_int_equal(f.code, RPC_RESOURCE_EXHAUSTED);
+    rpc_channel *ch = limited_server(&f, &so);
+    assert_int_equal(echo_blob(&f, ch, 100 * 1024), RPC_RESOURCE_EXHAUSTED);
     assert_int_equal(f.svc.starts, 0);
-    req.blob.len = 60 * 1024;
-    f.pending = 1;
-    assert_true(mid_is_ok(rpc_unary(ch, M_ECHO, &req.base, RESP_DESC, &o, on_unary, &f)));
-    run_loop(&f);
-    assert_int_equal(f.code, RPC_OK);
+    assert_int_equal(echo_blob(&f, ch, 60 * 1024), RPC_OK);
     fx_free(&f);
 }
 
