@@ -136,7 +136,7 @@ static void *worker(void *arg)
     return NULL;
 }
 
-static unsigned online_cores(void)
+unsigned workpool_online_cores(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     if (n < 1) return 1;
@@ -153,7 +153,7 @@ mid_result workpool_new(rpc_loop *loop, unsigned threads, size_t queue_max, work
     workpool *wp = calloc(1, sizeof *wp);
     MID_ENSURE_MEM(wp);
     wp->loop = loop;
-    wp->nthreads = threads ? threads : online_cores();
+    wp->nthreads = threads ? threads : workpool_online_cores();
     wp->queue_max = queue_max ? queue_max : WORKPOOL_QUEUE_DEFAULT;
     wp->threads = calloc(wp->nthreads, sizeof *wp->threads);
     if (!wp->threads) {

@@ -23,7 +23,7 @@
 
 typedef struct workpool workpool;
 
-#define WORKPOOL_THREADS_MAX 64
+#define WORKPOOL_THREADS_MAX 256
 #define WORKPOOL_QUEUE_DEFAULT 1024
 
 /* Runs on a worker thread; must not call rpc_* functions other than
@@ -38,6 +38,9 @@ typedef void (*workpool_done_fn)(void *arg, bool ran);
  * WORKPOOL_QUEUE_DEFAULT). MID_E_INVALID for bad sizes, MID_E_NOMEM, MID_E_IO
  * when a thread cannot be created. */
 MID_RESULT workpool_new(rpc_loop *loop, unsigned threads, size_t queue_max, workpool **out);
+
+/* Online CPUs, 1..WORKPOOL_THREADS_MAX. */
+unsigned workpool_online_cores(void);
 
 /* Queues a job; loop thread only. `work` and `done` are required. On
  * failure nothing is called and the caller keeps arg: MID_E_BUSY when

@@ -996,15 +996,20 @@ static void chunk_done(void *arg, bool ran)
     if (op->jobs == 0) batch_reply(op);
 }
 
-/* Splits the items still unanswered (code RPC_OK) into one chunk per worker
- * thread, at most CA_BATCH_MAX each, and queues them. A chunk that cannot
+/* Splits the items still unanswered (code RPC_OK) into one chunk per core
+ * (never more than the pool's threads), at most CA_BATCH_MAX each, and
+ * queues them. One per core, not one per worker: a pool has many workers
+ * per core (sds/server.h, SERVER_WORKERS_PER_CORE) so that other requests
+ * keep the cores busy while a chunk waits for its commit; more, smaller
+ * chunks of one batch would only add store requests. A chunk that cannot
  * be queued answers its items "server busy". */
 static void batch_submit_chunks(node_op *op)
 {
     size_t todo = 0;
     for (size_t i = 0; i < op->n_items; i++) todo += op->items[i].code == RPC_OK;
     if (todo == 0) return;
-    size_t threads = workpool_threads(op->ns->o.wp);
+    size_t threads = workpool_online_cores();
+    if (threads > workpool_threads(op->ns->o.wp)) threads = workpool_threads(op->ns->o.wp);
     size_t chunks = threads < todo ? threads : todo;
     if (chunks == 0) chunks = 1;
     if ((todo + chunks - 1) / chunks > CA_BATCH_MAX)

@@ -474,7 +474,14 @@ mid_result server_start(const server_opts *o, rpc_loop *loop, server **out)
 
     snprintf(s->td, sizeof s->td, "%s", ca_trust_domain(s->ca));
     snprintf(s->spiffe_id, sizeof s->spiffe_id, "spiffe://%s%s", s->td, SERVER_SPIFFE_PATH);
-    MID_TRY(r, workpool_new(loop, o->workers, 0, &s->wp));
+    unsigned workers = o->workers;
+    if (workers == 0) {
+        unsigned cores = workpool_online_cores();
+        workers = cores > WORKPOOL_THREADS_MAX / SERVER_WORKERS_PER_CORE
+                      ? WORKPOOL_THREADS_MAX
+                      : cores * SERVER_WORKERS_PER_CORE;
+    }
+    MID_TRY(r, workpool_new(loop, workers, 0, &s->wp));
 
     node_service_opts no = {.st = s->st, .ca = s->ca, .wp = s->wp, .loop = loop,
                             .agent_svid_ttl = o->agent_svid_ttl, .sync_poll_ms = o->sync_poll_ms,
@@ -524,6 +531,8 @@ out:
 }
 
 int server_port(const server *s) { return s->port; }
+
+unsigned server_workers(const server *s) { return workpool_threads(s->wp); }
 const char *server_admin_path(const server *s) { return s->admin_path; }
 const char *server_trust_domain(const server *s) { return s->td; }
 const char *server_bundle_pem(const server *s) { return node_service_bundle_pem(s->ns, NULL); }

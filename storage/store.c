@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <jansson.h>
 #include <openssl/evp.h>
@@ -111,8 +112,7 @@ struct store_req {
     int async;              /* its caller may wait for it much later (store_cert_batch) */
     void (*notify)(void *); /* async: called when finished, before `done` is posted */
     void *notify_arg;
-    store_req *wake_next;   /* posted by this request's caller once woken (wait_done) */
-    store_req *async_next;  /* wake_batch's list of async requests */
+    store_req *wake_next;   /* wake_link's list of a finished batch */
     carried_err res;
 };
 
@@ -381,6 +381,57 @@ static MID_RESULT apply_one(store *st, store_req *rq, int64_t *head_seq,
     return MID_OK_RESULT;
 }
 
+/* The fast path of a batch made only of certificate writes, the hot path
+ * of issuance: every certificate and its event under ONE savepoint instead
+ * of one each. A savepoint per certificate costs two statements and a copy
+ * of every page it first touches into SQLite's statement journal (~2 us
+ * and ~2 KB of WAL per certificate in bench_issue). If anything fails the
+ * savepoint is undone and run_batch applies the batch again the careful
+ * way (apply_one), so a refused certificate still fails alone. Not taken
+ * while a test has armed an apply fault: injected faults exercise the
+ * careful path, where real failures end up. certs_only says whether the
+ * batch qualifies; apply_certs_fast sets *applied to 1 when it applied the
+ * whole batch (the head then advanced), 0 when it undid everything, and
+ * returns non-OK only when the transaction is in doubt. */
+static int certs_only(store *st, store_req **b, size_t n)
+{
+    if (atomic_load(&st->fault_nth[STORE_FAULT_APPLY]) > 0) return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((b[i]->kind != REQ_CERT_INSERT && b[i]->kind != REQ_CERT_MANY) || b[i]->also != NULL)
+            return 0;
+    return 1;
+}
+
+static MID_RESULT apply_certs_fast(store *st, store_req **b, size_t n, int64_t *head_seq,
+                                   uint8_t head_hash[STORE_HASH_LEN], int *applied)
+{
+    int64_t seq = *head_seq;
+    uint8_t hash[STORE_HASH_LEN];
+    memcpy(hash, head_hash, STORE_HASH_LEN);
+    *applied = 0;
+    MID_GUARD(be_savepoint(st));
+    mid_result r = MID_OK_RESULT;
+    for (size_t i = 0; i < n && mid_is_ok(r); i++) {
+        store_req *rq = b[i];
+        if (rq->kind == REQ_CERT_INSERT) {
+            r = st->vt->cert_insert(st->wconn, &rq->cert);
+            if (mid_is_ok(r) && rq->has_ev) r = append_event(st, &rq->ev, &seq, hash);
+            continue;
+        }
+        for (size_t k = 0; k < rq->n_items && mid_is_ok(r); k++) {
+            cert_item *it = &rq->items[k];
+            r = st->vt->cert_insert(st->wconn, &it->cert);
+            if (mid_is_ok(r) && it->has_ev) r = append_event(st, &it->ev, &seq, hash);
+        }
+    }
+    if (!mid_is_ok(r)) return be_rollback_to(st); /* the careful path takes over */
+    MID_GUARD(be_release(st));
+    *head_seq = seq;
+    memcpy(head_hash, hash, STORE_HASH_LEN);
+    *applied = 1;
+    return MID_OK_RESULT;
+}
+
 /* Records a request carries: its certificates, its mesh changes, or 1. */
 static size_t req_records(const store_req *rq)
 {
@@ -415,7 +466,18 @@ static int run_batch(store *st, store_req **b, size_t n)
     mid_result r = be_begin(st);
     int in_txn = mid_is_ok(r);
     if (in_txn) r = be_write_head(st, &head_seq, head_hash);
-    for (size_t i = 0; i < n && mid_is_ok(r); i++) r = apply_one(st, b[i], &head_seq, head_hash);
+    int applied = 0;
+    if (mid_is_ok(r) && certs_only(st, b, n)) {
+        r = apply_certs_fast(st, b, n, &head_seq, head_hash, &applied);
+        pthread_mutex_lock(&st->mu);
+        if (applied)
+            st->stats.fast_batches++;
+        else
+            st->stats.fast_fallbacks++;
+        pthread_mutex_unlock(&st->mu);
+    }
+    for (size_t i = 0; i < n && mid_is_ok(r) && !applied; i++)
+        r = apply_one(st, b[i], &head_seq, head_hash);
     if (mid_is_ok(r)) r = be_commit(st);
     if (mid_is_ok(r)) return 1;
 
@@ -430,47 +492,34 @@ static int run_batch(store *st, store_req **b, size_t n)
 }
 
 /* Waking the callers of a finished batch. Each sleeps on its own semaphore
- * (not on mu, which they would all queue up on again on their way out).
- * Only the first caller is posted; each caller, once awake, posts the next
- * (wait_done), so the writer makes one wake-up system call per batch
- * instead of one per caller and is not preempted by every caller it wakes
- * (with one post per caller it spent 0.3-1 ms per batch of ~15 waking,
- * mostly descheduled in favour of the callers it had just woken). An async
- * request (store_cert_batch) is posted directly, after its notify
- * callback: its caller may be busy signing and must not hold up the others.
+ * (not on mu, which they would all queue up on again on their way out) and
+ * the writer posts every one of them itself, an async request
+ * (store_cert_batch) after its notify callback. An earlier version posted
+ * only the first caller and had each caller post the next once awake (one
+ * system call per batch for the writer), but on a busy machine each hop of
+ * that chain waited for a CPU, so most callers sat in the chain instead of
+ * working: with 32 callers on 2 CPUs batches shrank to 3-8 records and
+ * throughput fell by a tenth or more (docs/storage.md, "Waking callers").
  *
- * wake_link (mu held) links the chain and the async list; wake_post then
- * posts them. Requests may vanish as soon as they are posted. */
-typedef struct {
-    store_req *chain, *async;
-} wake_list;
-
-static wake_list wake_link(store_req **b, size_t n)
+ * wake_link (mu held) links the batch's requests; wake_post then posts
+ * them. Requests may vanish as soon as they are posted. */
+static store_req *wake_link(store_req **b, size_t n)
 {
-    wake_list w = {NULL, NULL};
-    store_req **link = &w.chain;
-    for (size_t i = n; i-- > 0;) { /* async list built backwards: keeps request order */
-        if (!b[i]->async) continue;
-        b[i]->async_next = w.async;
-        w.async = b[i];
+    store_req *head = NULL;
+    for (size_t i = n; i-- > 0;) { /* built backwards: posted in request order */
+        b[i]->wake_next = head;
+        head = b[i];
     }
-    for (size_t i = 0; i < n; i++) {
-        b[i]->wake_next = NULL;
-        if (b[i]->async) continue;
-        *link = b[i];
-        link = &b[i]->wake_next;
-    }
-    return w;
+    return head;
 }
 
-static void wake_post(wake_list w)
+static void wake_post(store_req *r)
 {
-    for (store_req *r = w.async, *next; r != NULL; r = next) {
-        next = r->async_next; /* r may vanish once posted */
-        if (r->notify != NULL) r->notify(r->notify_arg); /* while r and its waiter exist */
+    for (store_req *next; r != NULL; r = next) {
+        next = r->wake_next; /* r may vanish once posted */
+        if (r->async && r->notify != NULL) r->notify(r->notify_arg); /* while r exists */
         sem_post(&r->done);
     }
-    if (w.chain != NULL) sem_post(&w.chain->done);
 }
 
 /* Takes the next batch from the queue into st->batch (mu held): at most
@@ -496,10 +545,20 @@ static size_t take_batch(store *st, size_t *records)
 
 /* Runs the batch take_batch took (called without mu), then counts it and
  * wakes its callers. */
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0;
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static void run_taken(store *st, size_t n, size_t records)
 {
+    uint64_t cpu0 = thread_cpu_ns();
     int committed = run_batch(st, st->batch, n);
+    uint64_t cpu1 = thread_cpu_ns();
     pthread_mutex_lock(&st->mu);
+    st->stats.writer_cpu_ns += cpu1 - cpu0;
     st->stats.writes += records;
     if (committed)
         st->stats.transactions++;
@@ -513,7 +572,7 @@ static void run_taken(store *st, size_t n, size_t records)
         for (size_t k = 0; k < rq->n_items; k++)
             if (rq->items[k].res.err != MID_E_OK) st->stats.writes_failed++;
     }
-    wake_list w = wake_link(st->batch, n);
+    store_req *w = wake_link(st->batch, n);
     pthread_mutex_unlock(&st->mu);
     wake_post(w);
 }
@@ -569,8 +628,6 @@ static void wait_done(store *st, store_req *rq)
     while (sem_wait(&rq->done) != 0) {
         /* EINTR only: a signal handler ran; keep waiting */
     }
-    store_req *next = rq->wake_next; /* set before rq was posted */
-    if (next != NULL) sem_post(&next->done); /* pass the wake-up on (wake_link) */
     sem_destroy(&rq->done);
     if (atomic_fetch_sub(&st->inflight, 1) == 1 && st->stopping) {
         pthread_mutex_lock(&st->mu);

@@ -203,6 +203,10 @@ typedef struct {
     uint64_t commit_failures; /* batches whose BEGIN, head read or COMMIT failed */
     uint64_t max_batch_seen;  /* largest batch so far, in records */
     uint64_t queued;          /* requests waiting for the writer right now */
+    uint64_t fast_batches;    /* certificate-only batches applied under one savepoint */
+    uint64_t fast_fallbacks;  /* ... tried so and undone: applied request by request */
+    uint64_t writer_cpu_ns;   /* CPU time of the writer thread in its batches (what a
+                                 bench divides by records: the serial part of a write) */
 } store_stats;
 
 /* A consistent snapshot of the writer's counters. */

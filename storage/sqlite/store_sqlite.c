@@ -667,6 +667,12 @@ static MID_RESULT sq_open_conn(const char *target, const store_options *opts, st
                "%s: cannot switch the database to WAL mode (journal_mode is %s)", c->path, mode);
     MID_GUARD(sq_exec(c, "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON",
                       "durability settings"));
+    /* The statement journal (what undoes a savepoint) in memory: a batch of
+     * certificates applied under one savepoint (storage/store.c,
+     * apply_certs_fast) journals a few hundred KB, which SQLite would
+     * otherwise spill to a temporary file past 64 KiB - written, never
+     * needed for durability (WAL already is). */
+    MID_GUARD(sq_exec(c, "PRAGMA temp_store = MEMORY", "statement journal in memory"));
     /* Checkpoint every SQ_WAL_AUTOCHECKPOINT frames instead of SQLite's
      * 1000: a page written by many transactions between two checkpoints
      * (the end of an index, the hot leaves of a random index) is copied

@@ -9,19 +9,23 @@
  *
  * Environment:
  *   BENCH_THREADS  worker threads for the parallel runs (default: online CPUs)
- *   BENCH_INFLIGHT concurrent callers for the "server" run (default: 16 per CPU):
- *                  a server has many agents' requests in flight at once, which
- *                  is what lets group commit amortise each fsync; the reference
- *                  for that row is the all-cores one (the CPUs are the same)
+ *   BENCH_INFLIGHT concurrent callers for the "server" and "batch" runs (default:
+ *                  16 per CPU, the server's worker threads per core,
+ *                  SERVER_WORKERS_PER_CORE in sds/server.h): a server has many
+ *                  agents' requests in flight at once, which is what lets group
+ *                  commit amortise each fsync; the reference for those rows is
+ *                  the all-cores one (the CPUs are the same)
  *   BENCH_SECONDS  duration of each timed run (default 5)
  *   BENCH_ROWS     comma-separated rows to run: single,parallel,server,batch
  *                  (default: all; the references always run), e.g. to profile
  *                  one row with perf
  *
- * A "batch" row has BENCH_THREADS threads each calling ca_issue_batch with
+ * A "batch" row has BENCH_INFLIGHT threads each calling ca_issue_batch with
  * BENCH_BATCH (32) pre-generated CSRs at a time: the shape of agents'
- * BatchSignX509SVID calls as the server runs them (one store request per
- * chunk), against the all-cores reference.
+ * BatchSignX509SVID calls as a loaded server runs them (each call a chunk on
+ * one of the server's workers), against the all-cores reference. The
+ * "batch-core" row runs one such caller per CPU only: a server serving a
+ * single agent's batch, or one with a worker per core.
  *
  * Exit status: 0 whatever the figures (timing is never asserted, machines are
  * noisy); 1 on a functional failure: an issuance failed, the store does not
@@ -483,6 +487,7 @@ typedef struct {
     uint64_t writes;
     uint64_t transactions;
     uint64_t max_batch; /* since the store was opened */
+    uint64_t writer_cpu_ns;
 } batch_delta;
 
 static void batch_diff(const store_stats *a, const store_stats *b, batch_delta *d)
@@ -490,15 +495,17 @@ static void batch_diff(const store_stats *a, const store_stats *b, batch_delta *
     d->writes = b->writes - a->writes;
     d->transactions = b->transactions - a->transactions;
     d->max_batch = b->max_batch_seen;
+    d->writer_cpu_ns = b->writer_cpu_ns - a->writer_cpu_ns;
 }
 
 static void print_batch(const char *label, const batch_delta *d, const run_result *res)
 {
     printf("  store writes/transaction (%s): %.2f  (%" PRIu64 " writes in %" PRIu64
            " commits, largest batch so far %" PRIu64 "); written per issuance: %.0f B by "
-           "write calls, %.0f B to the device\n",
+           "write calls, %.0f B to the device; store writer CPU %.1f us per issuance\n",
            label, d->transactions ? (double)d->writes / (double)d->transactions : 0.0, d->writes,
-           d->transactions, d->max_batch, res->wbytes, res->dbytes);
+           d->transactions, d->max_batch, res->wbytes, res->dbytes,
+           res->ops ? (double)d->writer_cpu_ns / 1e3 / (double)res->ops : 0.0);
 }
 
 static void print_row(const char *label, int threads, const run_result *ref, const run_result *iss)
@@ -529,10 +536,10 @@ int main(void)
     store *st = NULL;
     ca *c = NULL;
     /* enough CSRs for the server callers and for every batch thread */
-    long nfx = inflight > nthreads * BENCH_BATCH ? inflight : nthreads * BENCH_BATCH;
+    long nfx = inflight * BENCH_BATCH; /* inflight >= nthreads */
     worker_fixture *fx = calloc((size_t)nfx, sizeof *fx);
     unsigned char msg[BENCH_MSG_LEN];
-    run_result ref1 = {0}, refn = {0}, iss1 = {0}, issn = {0}, issf = {0}, issb = {0};
+    run_result ref1 = {0}, refn = {0}, iss1 = {0}, issn = {0}, issf = {0}, issb = {0}, issc = {0};
 
     if (fx == NULL) {
         fprintf(stderr, "bench_issue: out of memory\n");
@@ -580,8 +587,9 @@ int main(void)
     const char *rows = getenv("BENCH_ROWS");
     int do_single = row_on(rows, "single"), do_par = nthreads > 1 && row_on(rows, "parallel");
     int do_server = row_on(rows, "server"), do_batch = row_on(rows, "batch");
+    int do_bcore = row_on(rows, "batch-core");
     store_stats s0, s1;
-    batch_delta b1 = {0}, bn = {0}, bf = {0}, bb = {0};
+    batch_delta b1 = {0}, bn = {0}, bf = {0}, bb = {0}, bc = {0};
     if (!run_phase(WORK_REFERENCE, NULL, msg, fx, 1, seconds, &ref1)) {
         fail = 1;
         goto out;
@@ -623,12 +631,21 @@ int main(void)
     }
     if (do_batch) {
         store_stats_get(st, &s0);
-        if (!run_phase(WORK_BATCH, c, msg, fx, (int)nthreads, seconds, &issb)) {
+        if (!run_phase(WORK_BATCH, c, msg, fx, (int)inflight, seconds, &issb)) {
             fail = 1;
             goto out;
         }
         store_stats_get(st, &s1);
         batch_diff(&s0, &s1, &bb);
+    }
+    if (do_bcore) {
+        store_stats_get(st, &s0);
+        if (!run_phase(WORK_BATCH, c, msg, fx, (int)nthreads, seconds, &issc)) {
+            fail = 1;
+            goto out;
+        }
+        store_stats_get(st, &s1);
+        batch_diff(&s0, &s1, &bc);
     }
 
     printf("\n  Issuance throughput (EC P-256; reference = 1 ECDSA sign + 1 verify, SHA-256)\n");
@@ -648,10 +665,15 @@ int main(void)
                inflight, ncpu, nthreads);
     }
     if (do_batch) {
-        print_row("batch", (int)nthreads, &refn, &issb);
-        printf("  (batch: %ld threads, each ca_issue_batch of %d CSRs, against the %ld-thread "
-               "reference)\n",
-               nthreads, BENCH_BATCH, nthreads);
+        print_row("batch", (int)inflight, &refn, &issb);
+        printf("  (batch: %ld concurrent callers, each ca_issue_batch of %d CSRs, against the "
+               "%ld-thread reference)\n",
+               inflight, BENCH_BATCH, nthreads);
+    }
+    if (do_bcore) {
+        print_row("batch-core", (int)nthreads, &refn, &issc);
+        printf("  (batch-core: one caller per CPU, each ca_issue_batch of %d CSRs)\n",
+               BENCH_BATCH);
     }
 
     if (getloadavg(load, 1) == 1) printf("  load average after the run: %.2f\n", load[0]);
@@ -659,10 +681,11 @@ int main(void)
     if (do_par) print_batch("parallel", &bn, &issn);
     if (do_server) print_batch("server", &bf, &issf);
     if (do_batch) print_batch("batch", &bb, &issb);
+    if (do_bcore) print_batch("batch-core", &bc, &issc);
 
-    uint64_t issued = iss1.ops + (nthreads > 1 ? issn.ops : 0) + issf.ops + issb.ops;
+    uint64_t issued = iss1.ops + (nthreads > 1 ? issn.ops : 0) + issf.ops + issb.ops + issc.ops;
     uint64_t failed = ref1.failures + (nthreads > 1 ? refn.failures + issn.failures : 0) +
-                      iss1.failures + issf.failures + issb.failures;
+                      iss1.failures + issf.failures + issb.failures + issc.failures;
     printf("\n  issuances: %" PRIu64 " ok, %" PRIu64 " failed (reference failures included)\n",
            issued, failed);
     if (failed) fail = 1;

@@ -1,5 +1,6 @@
 /* ca_issue_batch: per-request outcomes in request order, refusals audited
- * like ca_issue's, nothing handed out when the store fails, arguments, and
+ * like ca_issue's, nothing handed out that the store did not commit (a
+ * failed commit of all parts, of one part), arguments, and
  * several calls at once on one handle (threads sign each other's requests
  * while they wait, ca/batch.c) with every certificate landing in its own
  * call's slot. */
@@ -8,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ca/batch.h"
 #include "ca/x509.h"
@@ -147,28 +149,93 @@ static void t_batch_arguments(void **state)
     reqs_free(&s);
 }
 
-/* The store fails the commit: nothing is handed out, every certificate is
- * refused with the store's error and audited as such. */
+/* A call's certificates go to the store in parts (ca/batch.c,
+ * BATCH_PART); here the writer is paused until every part is queued, so
+ * they share one commit, and that commit fails: nothing is handed out,
+ * every certificate is refused with the store's error and audited. */
+enum { FAIL_N = 12 }; /* more than one part */
+
+typedef struct {
+    ca_env *e;
+    reqset s;
+    ca_svid *out[FAIL_N];
+    mid_result res[FAIL_N];
+    ca_batch_msg msgs[FAIL_N];
+    mid_result all;
+} fail_call;
+
+static void *fail_call_main(void *arg)
+{
+    fail_call *f = arg;
+    f->all = ca_issue_batch_msgs(f->e->c, f->s.req, FAIL_N, f->out, f->res, f->msgs);
+    return NULL;
+}
+
 static void t_batch_store_failure(void **state)
 {
     ca_env *e = *state;
-    enum { N = 12 };
-    reqset s = reqs_make(N, "fail", 0);
-    ca_svid *out[N];
-    mid_result res[N];
-    ca_batch_msg msgs[N];
+    fail_call f = {.e = e, .s = reqs_make(FAIL_N, "fail", 0)};
+    long errors0 = cafx_count_events(e->st, "svid.refuse", "error");
+    long issued0 = cafx_count_events(e->st, "svid.issue", "ok");
+    store_writer_pause(e->st, 1);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, fail_call_main, &f), 0);
+    store_stats st;
+    for (int ms = 0;; ms++) { /* every part queued: FAIL_N / 8 rounded up */
+        store_stats_get(e->st, &st);
+        if (st.queued >= 2) break;
+        assert_true(ms < 10000); /* still one part after 10 s: parts are gone */
+        struct timespec d = {0, 1000000};
+        nanosleep(&d, NULL);
+    }
+    store_fault_set(e->st, STORE_FAULT_COMMIT, 1, MID_E_IO);
+    store_writer_pause(e->st, 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(f.all.err, MID_E_IO);
+    for (size_t i = 0; i < FAIL_N; i++) {
+        assert_null(f.out[i]);
+        assert_int_equal(f.res[i].err, MID_E_IO);
+        assert_non_null(strstr(f.msgs[i].msg, "injected fault"));
+    }
+    assert_int_equal(cafx_count_events(e->st, "svid.refuse", "error") - errors0, FAIL_N);
+    assert_int_equal(cafx_count_events(e->st, "svid.issue", "ok"), issued0);
+    reqs_free(&f.s);
+}
+
+/* The commit of one part fails while the others may commit on their own:
+ * each certificate is either durable and handed out, or refused with the
+ * store's error and audited, never both; at least the failed part is
+ * refused, and every one handed out is in the store. */
+static void t_batch_part_failure(void **state)
+{
+    ca_env *e = *state;
+    reqset s = reqs_make(FAIL_N, "part", 0);
+    ca_svid *out[FAIL_N];
+    mid_result res[FAIL_N];
+    ca_batch_msg msgs[FAIL_N];
     long errors0 = cafx_count_events(e->st, "svid.refuse", "error");
     long issued0 = cafx_count_events(e->st, "svid.issue", "ok");
     store_fault_set(e->st, STORE_FAULT_COMMIT, 1, MID_E_IO);
-    mid_result r = ca_issue_batch_msgs(e->c, s.req, N, out, res, msgs);
-    assert_int_equal(r.err, MID_E_IO);
-    for (size_t i = 0; i < N; i++) {
-        assert_null(out[i]);
+    mid_result all = ca_issue_batch_msgs(e->c, s.req, FAIL_N, out, res, msgs);
+    long failed = 0;
+    for (size_t i = 0; i < FAIL_N; i++) {
+        if (res[i].err == MID_E_OK) {
+            assert_non_null(out[i]);
+            store_cert_row row;
+            assert_ok(store_cert_get(e->st, ca_svid_serial(out[i]), &row));
+            store_cert_row_clear(&row);
+            ca_svid_free(out[i]);
+            continue;
+        }
         assert_int_equal(res[i].err, MID_E_IO);
+        assert_null(out[i]);
         assert_non_null(strstr(msgs[i].msg, "injected fault"));
+        failed++;
     }
-    assert_int_equal(cafx_count_events(e->st, "svid.refuse", "error") - errors0, N);
-    assert_int_equal(cafx_count_events(e->st, "svid.issue", "ok"), issued0);
+    assert_true(failed >= 1);
+    assert_int_equal(all.err, MID_E_IO);
+    assert_int_equal(cafx_count_events(e->st, "svid.refuse", "error") - errors0, failed);
+    assert_int_equal(cafx_count_events(e->st, "svid.issue", "ok") - issued0, FAIL_N - failed);
     reqs_free(&s);
 }
 
@@ -243,6 +310,7 @@ int ca_test_batch(void)
         cmocka_unit_test_setup_teardown(t_batch_outcomes, ca_env_setup, ca_env_teardown),
         cmocka_unit_test_setup_teardown(t_batch_arguments, ca_env_setup, ca_env_teardown),
         cmocka_unit_test_setup_teardown(t_batch_store_failure, ca_env_setup, ca_env_teardown),
+        cmocka_unit_test_setup_teardown(t_batch_part_failure, ca_env_setup, ca_env_teardown),
         cmocka_unit_test_setup_teardown(t_batch_concurrent_calls, ca_env_setup,
                                         ca_env_teardown),
     };

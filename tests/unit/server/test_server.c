@@ -28,6 +28,7 @@
 #include "meshid/agent/v1/agent.pb-c.h"
 #include "sds/admin_client.h"
 #include "sds/node_service.h"
+#include "lib/workpool.h"
 #include "sds/server.h"
 #include "storage/store.h"
 #include "tests/testlib/rpc_wait.h"
@@ -1197,6 +1198,43 @@ static void test_rotation_retire(void **state)
     teardown((void **)&ff);
 }
 
+/* workers = 0: SERVER_WORKERS_PER_CORE per core (capped), so that more
+ * requests than cores can be signed or waiting for their commit at once;
+ * workers = N: exactly N. */
+static void test_default_workers(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/meshid-server-workers-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char db[sizeof dir + 16];
+    snprintf(db, sizeof db, "%s/meshid.db", dir);
+    store *st;
+    assert_true(mid_is_ok(store_open(db, NULL, &st)));
+    ca_init_opts io = {.trust_domain = TD, .key_type = CA_KEY_EC_P256, .actor = "test"};
+    assert_true(mid_is_ok(ca_init(st, dir, &io)));
+    store_close(st);
+    unsigned cores = workpool_online_cores();
+    unsigned want = cores * SERVER_WORKERS_PER_CORE;
+    if (want > WORKPOOL_THREADS_MAX) want = WORKPOOL_THREADS_MAX;
+    unsigned asked[] = {0, 3};
+    unsigned expect[] = {want, 3};
+    for (size_t i = 0; i < 2; i++) {
+        rpc_loop *loop;
+        assert_true(mid_is_ok(rpc_loop_new(&loop)));
+        server_opts o = {.data_dir = dir, .listen = "127.0.0.1:0", .workers = asked[i]};
+        server *s = NULL;
+        if (!mid_is_ok(server_start(&o, loop, &s))) fail_msg("server_start: %s", mid_errmsg());
+        assert_int_equal(server_workers(s), expect[i]);
+        if (asked[i] == 0) assert_true(server_workers(s) > cores || cores >= WORKPOOL_THREADS_MAX);
+        server_stop(s);
+        rpc_loop_free(loop);
+        server_free(s);
+    }
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 static void test_no_trust_domain(void **state)
 {
     (void)state;
@@ -1226,6 +1264,7 @@ int run_server_tests(void)
         cmocka_unit_test_setup_teardown(test_report_denials, setup, teardown),
         cmocka_unit_test_setup_teardown(test_admin_other_uid, setup, teardown),
         cmocka_unit_test(test_no_trust_domain),
+        cmocka_unit_test(test_default_workers),
         cmocka_unit_test_setup_teardown(test_rotation_gate, setup, teardown),
         cmocka_unit_test(test_rotation_retire),
     };

@@ -86,6 +86,9 @@ static void test_duplicate_in_batch(void **state)
     assert_int_equal(s1.transactions - s0.transactions, 1); /* one group commit */
     assert_int_equal(s1.writes - s0.writes, 6);
     assert_int_equal(s1.writes_failed - s0.writes_failed, 1);
+    /* tried under one savepoint, undone, then applied request by request */
+    assert_int_equal(s1.fast_fallbacks - s0.fast_fallbacks, 1);
+    assert_int_equal(s1.fast_batches - s0.fast_batches, 0);
     for (int i = 0; i < 6; i++) {
         store_cert_row row;
         if (i == 3) {
@@ -103,6 +106,44 @@ static void test_duplicate_in_batch(void **state)
     assert_mid_ok(store_audit_verify(st, &v));
     assert_true(v.ok);
     assert_int_equal(v.events, events_before + 5);
+    store_close(st);
+    tmpdb_cleanup(&t);
+}
+
+/* A batch of certificate writes that all succeed is applied under one
+ * savepoint (the fast path): one commit, every row and event recorded, the
+ * chain intact. */
+static void test_clean_batch_fast(void **state)
+{
+    (void)state;
+    tmpdb t;
+    tmpdb_init(&t);
+    store *st = open_store(&t, NULL);
+    put_authorities(st);
+    int64_t events_before = count_events(st);
+    store_stats s0, s1;
+    store_stats_get(st, &s0);
+    one_insert w[6];
+    memset(w, 0, sizeof w);
+    for (int i = 0; i < 6; i++) {
+        snprintf(w[i].serial, sizeof w[i].serial, "c%d", i);
+        snprintf(w[i].sid, sizeof w[i].sid, "spiffe://example.org/c%d", i);
+    }
+    run_one_batch(st, w, 6);
+    store_stats_get(st, &s1);
+    assert_int_equal(s1.transactions - s0.transactions, 1);
+    assert_int_equal(s1.fast_batches - s0.fast_batches, 1);
+    assert_int_equal(s1.fast_fallbacks - s0.fast_fallbacks, 0);
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(w[i].err, MID_E_OK);
+        store_cert_row row;
+        assert_mid_ok(store_cert_get(st, w[i].serial, &row));
+        store_cert_row_clear(&row);
+    }
+    assert_int_equal(count_events(st), events_before + 6);
+    store_audit_verdict v;
+    assert_mid_ok(store_audit_verify(st, &v));
+    assert_true(v.ok);
     store_close(st);
     tmpdb_cleanup(&t);
 }
@@ -394,6 +435,7 @@ int run_batch_tests(void)
 {
     static const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_duplicate_in_batch),
+        cmocka_unit_test(test_clean_batch_fast),
         cmocka_unit_test(test_fault_apply_fails_one),
         cmocka_unit_test(test_fault_commit_fails_batch),
         cmocka_unit_test(test_concurrent_writers),
