@@ -121,7 +121,7 @@ static int help_one(ca *c, const ca_batch_call *self)
     if (call == NULL || i >= call->n) return 0;
     /* The owner may be asleep waiting for its last one: wake the sleepers
      * then, and only then (a wake-up per signature woke every idle caller,
-     * which with 32 callers cost more CPU than the help saved). */
+     * with 32 callers mostly for nothing). */
     if (sign_one(call, i)) {
         pthread_mutex_lock(&c->help_mu);
         pthread_cond_broadcast(&c->help_cv);
