@@ -20,6 +20,7 @@
 #include "lib/log.h"
 #include "lib/timeutil.h"
 #include "storage/audit.h"
+#include "storage/sqlite/walbuf.h"
 #include "storage/store_int.h"
 
 #define SQ_APPLICATION_ID 0x6D736964 /* "msid" */
@@ -648,7 +649,16 @@ static MID_RESULT sq_open_conn(const char *target, const store_options *opts, st
     MID_ENSURE_MEM(c->path);
     if (writer) MID_GUARD(sq_precreate(target));
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE;
-    SQ_GUARD(c, sqlite3_open_v2(target, &c->db, flags, NULL), "open");
+    /* The writer's WAL writes go out in one call per sync (walbuf.h);
+     * readers never write. */
+    const char *vfs = NULL;
+    if (writer) {
+        int vrc = walbuf_register();
+        MID_ENSURE(vrc == SQLITE_OK, MID_E_DB, "cannot register the %s VFS: %s", WALBUF_VFS_NAME,
+                   sqlite3_errstr(vrc));
+        vfs = WALBUF_VFS_NAME;
+    }
+    SQ_GUARD(c, sqlite3_open_v2(target, &c->db, flags, vfs), "open");
     c->busy_ms = opts->busy_timeout_ms;
     SQ_GUARD(c, sqlite3_busy_timeout(c->db, opts->busy_timeout_ms), "busy_timeout");
     if (!writer) {
