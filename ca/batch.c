@@ -1,7 +1,7 @@
 /* ca_issue_batch: see ca/batch.h. The per-certificate work is ca/issue.c's
- * (ca/issue_int.h); this file shares it out, gathers the signed
- * certificates into one store request (store_cert_insert_many_start) and
- * hands them out once it is durable.
+ * (ca/issue_int.h); this file shares it out, sends the signed certificates
+ * to the store in parts as they are ready (store_cert_insert_many_start,
+ * BATCH_PART below) and hands each out once its part is durable.
  *
  * Helping. Every call in progress is listed on its `ca` handle while it
  * has requests nobody has started on. A thread that has nothing of its own
@@ -26,7 +26,7 @@
 #include "ca/ca_int.h"
 #include "ca/issue_int.h"
 
-_Static_assert(CA_BATCH_MAX <= STORE_CERT_MANY_MAX, "a batch is one store request");
+_Static_assert(CA_BATCH_MAX <= STORE_CERT_MANY_MAX, "a batch fits store requests");
 
 /* Signed certificates go to the store in parts of BATCH_PART (the last
  * may be smaller) as soon as they are ready, not all at the end: the
@@ -38,6 +38,7 @@ _Static_assert(CA_BATCH_MAX <= STORE_CERT_MANY_MAX, "a batch is one store reques
  * batch row kept only ~1.5 of 2 CPUs busy). Concurrent parts still share
  * commits (store group commit). */
 #define BATCH_PART 8
+_Static_assert(BATCH_PART <= STORE_CERT_MANY_MAX, "a part is one store request");
 
 /* One store request of a call: certificates [first, first + count) of the
  * call's certs/evs/res arrays. */

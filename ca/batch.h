@@ -1,13 +1,14 @@
-/* Batch issuance: many X.509-SVIDs for the price of one store write.
+/* Batch issuance: many X.509-SVIDs for the price of a few store writes.
  *
  * Each request is validated, CSR-verified, signed and (when refused)
- * audited exactly as ca_issue does it; then every certificate that was
- * signed is recorded, with its "svid.issue" event, in ONE store request
- * (store_cert_insert_many_start: one queue entry, one transaction shared
- * with whatever else is queued, one wake-up). Nothing is handed out before
- * that commit. This is what a server answering an agent's
+ * audited exactly as ca_issue does it; the signed certificates are
+ * recorded, each with its "svid.issue" event, in store requests of up to 8
+ * sent as soon as they are signed (store_cert_insert_many_start: one queue
+ * entry each; the writer folds whatever is queued into one transaction),
+ * so the store writes the first while the rest are signed. Nothing is
+ * handed out before its commit. This is what a server answering an agent's
  * BatchSignX509SVID wants: the durable write, the dominant cost of a lone
- * issuance, is paid once per batch instead of once per certificate. Call
+ * issuance, is shared by the batch instead of paid per certificate. Call
  * it from several threads with one chunk each to use every core
  * (sds/node_service.c does): calls on one handle share their work, a thread
  * whose own requests are all taken or being written signs requests of

@@ -822,8 +822,8 @@ static void batch_actor(const char *agent, const store_entry *e, char *out, size
 }
 
 /* One workpool job of a batch: a slice of the items, signed on one worker
- * and recorded with one store request (ca_issue_batch), so a batch uses
- * every core and pays the durable write once per slice, not per item. */
+ * and recorded with a few store requests (ca_issue_batch), so a batch uses
+ * every core and shares the durable writes of the slice (group commit). */
 typedef struct {
     node_op *op;
     size_t *idx; /* the items of op->items this job answers */
