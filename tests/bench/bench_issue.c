@@ -516,6 +516,19 @@ static void print_row(const char *label, int threads, const run_result *ref, con
            ref->cpu_us, iss->cpu_us, ref->busy, iss->busy);
 }
 
+/* One issuance row: `kind` on `nthreads` threads, with the store's writer
+ * counters over the run in *d. Returns 0 if threads could not start. */
+static int issue_row(work_kind kind, ca *c, store *st, worker_fixture *fx, int nthreads,
+                     long seconds, run_result *res, batch_delta *d)
+{
+    store_stats s0, s1;
+    store_stats_get(st, &s0);
+    if (!run_phase(kind, c, NULL, fx, nthreads, seconds, res)) return 0;
+    store_stats_get(st, &s1);
+    batch_diff(&s0, &s1, d);
+    return 1;
+}
+
 int main(void)
 {
     long nthreads = env_long("BENCH_THREADS", sysconf(_SC_NPROCESSORS_ONLN), BENCH_MAX_THREADS);
@@ -588,20 +601,14 @@ int main(void)
     int do_single = row_on(rows, "single"), do_par = nthreads > 1 && row_on(rows, "parallel");
     int do_server = row_on(rows, "server"), do_batch = row_on(rows, "batch");
     int do_bcore = row_on(rows, "batch-core");
-    store_stats s0, s1;
     batch_delta b1 = {0}, bn = {0}, bf = {0}, bb = {0}, bc = {0};
     if (!run_phase(WORK_REFERENCE, NULL, msg, fx, 1, seconds, &ref1)) {
         fail = 1;
         goto out;
     }
-    if (do_single) {
-        store_stats_get(st, &s0);
-        if (!run_phase(WORK_ISSUE, c, msg, fx, 1, seconds, &iss1)) {
-            fail = 1;
-            goto out;
-        }
-        store_stats_get(st, &s1);
-        batch_diff(&s0, &s1, &b1);
+    if (do_single && !issue_row(WORK_ISSUE, c, st, fx, 1, seconds, &iss1, &b1)) {
+        fail = 1;
+        goto out;
     }
     if (nthreads > 1) {
         if (!run_phase(WORK_REFERENCE, NULL, msg, fx, (int)nthreads, seconds, &refn)) {
@@ -611,41 +618,21 @@ int main(void)
     } else {
         refn = ref1;
     }
-    if (do_par) {
-        store_stats_get(st, &s0);
-        if (!run_phase(WORK_ISSUE, c, msg, fx, (int)nthreads, seconds, &issn)) {
-            fail = 1;
-            goto out;
-        }
-        store_stats_get(st, &s1);
-        batch_diff(&s0, &s1, &bn);
+    if (do_par && !issue_row(WORK_ISSUE, c, st, fx, (int)nthreads, seconds, &issn, &bn)) {
+        fail = 1;
+        goto out;
     }
-    if (do_server) {
-        store_stats_get(st, &s0);
-        if (!run_phase(WORK_ISSUE, c, msg, fx, (int)inflight, seconds, &issf)) {
-            fail = 1;
-            goto out;
-        }
-        store_stats_get(st, &s1);
-        batch_diff(&s0, &s1, &bf);
+    if (do_server && !issue_row(WORK_ISSUE, c, st, fx, (int)inflight, seconds, &issf, &bf)) {
+        fail = 1;
+        goto out;
     }
-    if (do_batch) {
-        store_stats_get(st, &s0);
-        if (!run_phase(WORK_BATCH, c, msg, fx, (int)inflight, seconds, &issb)) {
-            fail = 1;
-            goto out;
-        }
-        store_stats_get(st, &s1);
-        batch_diff(&s0, &s1, &bb);
+    if (do_batch && !issue_row(WORK_BATCH, c, st, fx, (int)inflight, seconds, &issb, &bb)) {
+        fail = 1;
+        goto out;
     }
-    if (do_bcore) {
-        store_stats_get(st, &s0);
-        if (!run_phase(WORK_BATCH, c, msg, fx, (int)nthreads, seconds, &issc)) {
-            fail = 1;
-            goto out;
-        }
-        store_stats_get(st, &s1);
-        batch_diff(&s0, &s1, &bc);
+    if (do_bcore && !issue_row(WORK_BATCH, c, st, fx, (int)nthreads, seconds, &issc, &bc)) {
+        fail = 1;
+        goto out;
     }
 
     printf("\n  Issuance throughput (EC P-256; reference = 1 ECDSA sign + 1 verify, SHA-256)\n");
