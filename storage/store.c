@@ -1888,7 +1888,8 @@ static void store_free(store *st, int sync_inited)
 MID_RESULT store_open(const char *location, const store_options *opts, store **out)
 {
     mid_result r = MID_OK_RESULT;
-    store_options o = {STORE_BUSY_TIMEOUT_DEFAULT, STORE_MAX_BATCH_DEFAULT};
+    store_options o = {STORE_BUSY_TIMEOUT_DEFAULT, STORE_MAX_BATCH_DEFAULT,
+                       STORE_AUDIT_INDEX_CHUNK_DEFAULT};
     const store_backend *vt = NULL;
     const char *target = NULL;
     store *st = NULL;
@@ -1897,12 +1898,17 @@ MID_RESULT store_open(const char *location, const store_options *opts, store **o
     MID_CHECK(r, out != NULL, MID_E_INVALID, "no output store");
     *out = NULL;
     if (opts != NULL) {
-        MID_CHECK(r, opts->busy_timeout_ms >= 0 && opts->max_batch >= 0, MID_E_INVALID,
-                  "store options must not be negative");
+        MID_CHECK(r,
+                  opts->busy_timeout_ms >= 0 && opts->max_batch >= 0 &&
+                      opts->audit_index_chunk >= 0,
+                  MID_E_INVALID, "store options must not be negative");
         MID_CHECK(r, opts->max_batch <= STORE_MAX_BATCH_LIMIT, MID_E_INVALID,
                   "store max_batch is over %d", STORE_MAX_BATCH_LIMIT);
+        MID_CHECK(r, opts->audit_index_chunk <= STORE_AUDIT_INDEX_CHUNK_MAX, MID_E_INVALID,
+                  "store audit_index_chunk is over %d", STORE_AUDIT_INDEX_CHUNK_MAX);
         if (opts->busy_timeout_ms > 0) o.busy_timeout_ms = opts->busy_timeout_ms;
         if (opts->max_batch > 0) o.max_batch = opts->max_batch;
+        if (opts->audit_index_chunk > 0) o.audit_index_chunk = opts->audit_index_chunk;
     }
     MID_TRY(r, pick_backend(location, &vt, &target));
 

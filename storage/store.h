@@ -407,7 +407,14 @@ MID_RESULT store_agent_touch(store *st, const char *spiffe_id, int64_t now);
 typedef struct {
     int busy_timeout_ms; /* how long to wait on a locked database (0: default 5000) */
     int max_batch;       /* most writes per group commit (0: default 256; at most 4096) */
+    /* Audit events per bulk step of the audit log's SPIFFE-ID index (0:
+     * default STORE_AUDIT_INDEX_CHUNK_DEFAULT). Queries by SPIFFE ID scan
+     * at most this many newest events unindexed; tests use small values. */
+    int audit_index_chunk;
 } store_options;
+
+#define STORE_AUDIT_INDEX_CHUNK_DEFAULT 4096
+#define STORE_AUDIT_INDEX_CHUNK_MAX (1 << 20)
 
 /* Opens (creating if needed) the store at `location` and runs any pending
  * migrations. `opts` may be NULL for defaults. MID_E_CORRUPT when the file

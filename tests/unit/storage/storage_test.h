@@ -15,7 +15,7 @@
 #define ROOT_ID "a1"
 
 /* The schema version this build migrates to. */
-#define STORE_TEST_SCHEMA_LATEST 5
+#define STORE_TEST_SCHEMA_LATEST 6
 #define INTER_ID "b2"
 
 /* Asserts a mid_result is OK, printing the thread's last error if not. */

@@ -171,10 +171,22 @@ static void test_v2_constraints(void **state)
 
 /* ---- version 4 -> 5: certificates as DER ------------------------------------ */
 
+/* Migration 5 converts rows with the writer's meshid_pem_to_der; building
+ * an empty database at version >= 5 needs only the name (no rows to convert). */
+static void no_rows_fn(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    (void)argv;
+    sqlite3_result_error(ctx, "build_version converts no rows", -1);
+}
+
 /* A database at version `v` exactly as migrations 1..v create it. */
 static sqlite3 *build_version(const char *path, int v)
 {
     sqlite3 *db = raw_open(path);
+    assert_int_equal(sqlite3_create_function_v2(db, "meshid_pem_to_der", 1, SQLITE_UTF8, NULL,
+                                                no_rows_fn, NULL, NULL, NULL),
+                     SQLITE_OK);
     raw_exec(db, "PRAGMA journal_mode = WAL");
     raw_exec(db, "BEGIN");
     for (int i = 1; i <= v; i++) {
@@ -335,11 +347,104 @@ static void test_upgrade_from_v4(void **state)
     tmpdb_cleanup(&t);
 }
 
+/* ---- version 5 -> 6: the audit log's SPIFFE-ID index as chunks ------------- */
+
+static int count_rows(void *ctx, const store_audit_event *row)
+{
+    (void)row;
+    (*(int *)ctx)++;
+    return 0;
+}
+
+static int query_count(store *st, const char *spiffe_id, int64_t after_seq)
+{
+    store_audit_filter f = {.spiffe_id = spiffe_id, .after_seq = after_seq};
+    int n = 0;
+    assert_mid_ok(store_audit_query(st, &f, count_rows, &n));
+    return n;
+}
+
+static void test_upgrade_from_v5(void **state)
+{
+    (void)state;
+    tmpdb t;
+    tmpdb_init(&t);
+    sqlite3 *db = build_version(t.db, 5);
+    uint8_t prev[STORE_HASH_LEN] = {0};
+    for (int64_t seq = 1; seq <= 5; seq++) raw_audit(db, seq, "svid.issue", prev);
+    raw_exec(db, "COMMIT");
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM sqlite_schema"
+                                 " WHERE name = 'audit_events_spiffe_id'"),
+                     1);
+    sqlite3_close(db);
+
+    store_options o = {.audit_index_chunk = 4};
+    store *st = open_store(&t, &o);
+    assert_int_equal(store_schema_version(st), STORE_TEST_SCHEMA_LATEST);
+    /* The old events are one chunk; new ones go to the tail, then to a chunk
+     * of their own at the next multiple of 4. */
+    assert_int_equal(query_count(st, "spiffe://example.org/w", 0), 5);
+    assert_int_equal(query_count(st, "spiffe://example.org/w", 3), 2);
+    store_audit_event ev = make_event("svid.issue", "spiffe://example.org/w", NULL);
+    for (int i = 0; i < 4; i++) assert_mid_ok(store_audit_append(st, &ev, NULL)); /* 6..9 */
+    ev = make_event("svid.issue", "spiffe://example.org/other", NULL);
+    assert_mid_ok(store_audit_append(st, &ev, NULL)); /* 10 */
+    assert_int_equal(query_count(st, "spiffe://example.org/w", 0), 9);
+    assert_int_equal(query_count(st, "spiffe://example.org/w", 7), 2);
+    assert_int_equal(query_count(st, "spiffe://example.org/other", 0), 1);
+    store_audit_verdict v;
+    assert_mid_ok(store_audit_verify(st, &v));
+    assert_int_equal(v.ok, 1);
+    assert_int_equal(v.events, 10);
+    store_close(st);
+
+    db = raw_open(t.db);
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM sqlite_schema"
+                                 " WHERE name = 'audit_events_spiffe_id'"),
+                     0);
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM audit_spiffe WHERE chunk = 5"), 5);
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM audit_spiffe WHERE chunk = 8"), 3);
+    assert_int_equal(raw_int(db, "SELECT value FROM counters WHERE name = 'audit_spiffe_upto'"),
+                     8);
+    /* The schema refuses a row that points past its chunk. */
+    char *err = NULL;
+    int rc = sqlite3_exec(db, "INSERT INTO audit_spiffe VALUES (8, 'spiffe://e/w', 9)", NULL, NULL,
+                          &err);
+    sqlite3_free(err);
+    assert_int_equal(rc & 0xff, SQLITE_CONSTRAINT);
+    sqlite3_close(db);
+    tmpdb_cleanup(&t);
+}
+
+/* An empty log upgrades to an empty index that starts at 0. */
+static void test_upgrade_empty_v5(void **state)
+{
+    (void)state;
+    tmpdb t;
+    tmpdb_init(&t);
+    sqlite3 *db = build_version(t.db, 5);
+    raw_exec(db, "COMMIT");
+    sqlite3_close(db);
+    store_options o = {.audit_index_chunk = 2};
+    store *st = open_store(&t, &o);
+    store_audit_event ev = make_event("svid.issue", "spiffe://example.org/w", NULL);
+    for (int i = 0; i < 3; i++) assert_mid_ok(store_audit_append(st, &ev, NULL));
+    assert_int_equal(query_count(st, "spiffe://example.org/w", 0), 3);
+    store_close(st);
+    db = raw_open(t.db);
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM audit_spiffe WHERE chunk = 2"), 2);
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM audit_spiffe"), 2);
+    sqlite3_close(db);
+    tmpdb_cleanup(&t);
+}
+
 int run_migration_tests(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_upgrade_from_v1),
         cmocka_unit_test(test_upgrade_from_v4),
+        cmocka_unit_test(test_upgrade_from_v5),
+        cmocka_unit_test(test_upgrade_empty_v5),
         cmocka_unit_test(test_v2_constraints),
     };
     return cmocka_run_group_tests_name("migration", tests, NULL, NULL);

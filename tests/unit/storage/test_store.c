@@ -540,6 +540,125 @@ static void test_query_filters(void **state)
     tmpdb_cleanup(&t);
 }
 
+/* ---- the SPIFFE-ID index (audit_spiffe, written in chunks) ---- */
+
+/* What a query by SPIFFE ID must return, worked out from the subjects
+ * appended: subj[seq] (NULL: no subject), events[seq] the type. */
+typedef struct {
+    const char *subj[64];
+    const char *event[64];
+    int64_t n;
+} spiffe_log;
+
+static void log_append(store *st, spiffe_log *lg, const char *event, const char *subj)
+{
+    store_audit_event e = make_event(event, subj, NULL);
+    store_audit_event out;
+    assert_mid_ok(store_audit_append(st, &e, &out));
+    assert_int_equal(out.seq, lg->n + 1);
+    lg->n++;
+    lg->subj[lg->n] = subj;
+    lg->event[lg->n] = event;
+}
+
+/* Compares every query by SPIFFE ID (with after_seq, event and limit) with
+ * the expectation. */
+static void check_spiffe_queries(store *st, const spiffe_log *lg)
+{
+    static const char *const ids[] = {"spiffe://td/A", "spiffe://td/B", "spiffe://td/C",
+                                      "spiffe://td/none"};
+    static const int64_t afters[] = {0, 1, 4, 5, 9, 13, 40};
+    static const int64_t limits[] = {0, 1, 3};
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++)
+        for (size_t a = 0; a < sizeof afters / sizeof afters[0]; a++)
+            for (size_t l = 0; l < sizeof limits / sizeof limits[0]; l++)
+                for (int ev = 0; ev < 2; ev++) {
+                    store_audit_filter f = {.spiffe_id = ids[i], .after_seq = afters[a],
+                                            .limit = limits[l],
+                                            .event = ev ? "svid.refuse" : NULL};
+                    int64_t want[64];
+                    size_t nw = 0;
+                    for (int64_t s = afters[a] + 1; s <= lg->n; s++)
+                        if (lg->subj[s] && strcmp(lg->subj[s], ids[i]) == 0 &&
+                            (!ev || strcmp(lg->event[s], "svid.refuse") == 0))
+                            want[nw++] = s;
+                    size_t from = limits[l] > 0 && nw > (size_t)limits[l] ? nw - (size_t)limits[l]
+                                                                         : 0;
+                    collected c;
+                    size_t got = run_query(st, &f, &c);
+                    if (got != nw - from)
+                        fail_msg("%s after %lld limit %lld event %d: %zu rows, want %zu", ids[i],
+                                 (long long)afters[a], (long long)limits[l], ev, got, nw - from);
+                    for (size_t k = 0; k < got; k++) assert_int_equal(c.seqs[k], want[from + k]);
+                }
+}
+
+static void test_query_spiffe_chunks(void **state)
+{
+    (void)state;
+    tmpdb t;
+    tmpdb_init(&t);
+    store_options o = {.audit_index_chunk = 4};
+    store *st = open_store(&t, &o);
+    spiffe_log lg = {.n = 0};
+    static const char *const cycle[] = {"spiffe://td/A", "spiffe://td/B", NULL,
+                                        "spiffe://td/A", "spiffe://td/C"};
+    for (int i = 0; i < 14; i++) {
+        log_append(st, &lg, i % 3 ? "svid.issue" : "svid.refuse", cycle[i % 5]);
+        check_spiffe_queries(st, &lg); /* indexed part + tail, at every length */
+    }
+    /* A commit that fails takes the chunk its event completed along: seq 16
+     * goes to B after a failed try for A, and the index agrees. */
+    log_append(st, &lg, "svid.issue", "spiffe://td/C"); /* 15 */
+    store_fault_set(st, STORE_FAULT_COMMIT, 1, MID_E_IO);
+    store_audit_event e = make_event("svid.issue", "spiffe://td/A", NULL);
+    assert_mid_err(store_audit_append(st, &e, NULL), MID_E_IO);
+    log_append(st, &lg, "svid.refuse", "spiffe://td/B"); /* 16, completes a chunk */
+    check_spiffe_queries(st, &lg);
+    store_close(st);
+
+    sqlite3 *db = raw_open(t.db);
+    assert_int_equal(raw_int(db, "SELECT value FROM counters WHERE name = 'audit_spiffe_upto'"),
+                     16);
+    assert_int_equal(raw_int(db, "SELECT count(DISTINCT chunk) FROM audit_spiffe"), 4);
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM audit_spiffe WHERE chunk = 16 AND seq = 16"
+                                 " AND spiffe_id = 'spiffe://td/B'"),
+                     1);
+    /* Exactly the events with a subject, each once, in its own chunk. */
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM audit_events WHERE spiffe_id IS NOT NULL"),
+                     raw_int(db, "SELECT count(*) FROM audit_spiffe x JOIN audit_events e"
+                                 " ON e.seq = x.seq AND e.spiffe_id = x.spiffe_id"
+                                 " WHERE x.chunk - 4 < x.seq"));
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM sqlite_schema"
+                                 " WHERE name = 'audit_events_spiffe_id'"),
+                     0);
+    /* An event edited around meshid (audit verify reports it) is reported
+     * under the subject it has now, not the one its index row names. */
+    raw_drop_audit_guards(db);
+    raw_exec(db, "UPDATE audit_events SET spiffe_id = 'spiffe://td/Z' WHERE seq = 2");
+    lg.subj[2] = "spiffe://td/Z";
+    sqlite3_close(db);
+
+    /* Another chunk size later (chunks then end off the old boundaries). */
+    o.audit_index_chunk = 7;
+    st = open_store(&t, &o);
+    for (int i = 0; i < 13; i++) {
+        log_append(st, &lg, "svid.issue", cycle[(i + 2) % 5]);
+        check_spiffe_queries(st, &lg);
+    }
+    store_close(st);
+    db = raw_open(t.db);
+    assert_int_equal(raw_int(db, "SELECT value FROM counters WHERE name = 'audit_spiffe_upto'"),
+                     28);
+    sqlite3_close(db);
+
+    o.audit_index_chunk = STORE_AUDIT_INDEX_CHUNK_MAX + 1;
+    store *bad = NULL;
+    assert_mid_err(store_open(t.db, &o, &bad), MID_E_INVALID);
+    assert_null(bad);
+    tmpdb_cleanup(&t);
+}
+
 /* ---- open-time errors ---- */
 
 static void test_not_a_database(void **state)
@@ -680,6 +799,7 @@ int run_store_tests(void)
         cmocka_unit_test(test_cert_roundtrip_and_count),
         cmocka_unit_test(test_invalid_events_refused),
         cmocka_unit_test(test_query_filters),
+        cmocka_unit_test(test_query_spiffe_chunks),
         cmocka_unit_test(test_not_a_database),
         cmocka_unit_test(test_foreign_sqlite_database),
         cmocka_unit_test(test_damaged_database),
