@@ -54,10 +54,13 @@ MID_RESULT ca_x509_build_intermediate(const ca_x509_authority_params *p, X509 **
  * root trusted. */
 MID_RESULT ca_x509_build_cross(const ca_x509_authority_params *p, X509 **out);
 
+typedef struct ca_sign_pool ca_sign_pool;
+
 /* What every SVID of one signing authority shares, encoded once by
  * ca_x509_issuer_init (ca_open): the issuer Name, the authorityKeyIdentifier
  * extension and the signature AlgorithmIdentifier of its key. Read-only
- * afterwards, so any number of threads may build SVIDs from one. */
+ * afterwards, so any number of threads may build SVIDs from one (the pool
+ * of prepared signing contexts has its own lock). */
 typedef struct {
     unsigned char *name_der;       /* the issuer's subject, DER */
     size_t name_len;
@@ -67,6 +70,7 @@ typedef struct {
     size_t sig_alg_len;
     EVP_MD *sha256;                /* fetched once */
     EVP_PKEY *key;                 /* borrowed: the issuer's private key */
+    ca_sign_pool *pool;            /* signing contexts for `key`, ready for reuse */
 } ca_x509_issuer;
 
 /* Fills `is` from the signing certificate and its key (borrowed: it must

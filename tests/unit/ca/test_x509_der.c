@@ -4,6 +4,7 @@
  * signature verifies with the issuer's key, and the writer never writes
  * past its buffer. */
 #include <openssl/pem.h>
+#include <pthread.h>
 #include <openssl/x509v3.h>
 #include <stdlib.h>
 #include <string.h>
@@ -338,12 +339,106 @@ static void t_svid_refusals(void **state)
     EVP_PKEY_free(ik);
 }
 
+/* ---- signing contexts kept by the issuer ---------------------------------------- */
+
+typedef struct {
+    const ca_x509_issuer *is;
+    EVP_PKEY *ik;
+    const ca_spki *spki;
+    int n, bad;
+} sign_worker;
+
+/* Builds w->n SVIDs; counts those whose signature does not verify or, for
+ * RSA (deterministic), differs from a one-shot EVP_DigestSign over the same
+ * TBS with the issuer key. */
+static void *sign_worker_main(void *arg)
+{
+    sign_worker *w = arg;
+    int64_t now = (int64_t)time(NULL);
+    for (int i = 0; i < w->n; i++) {
+        ca_x509_svid_params p = {.spki = w->spki, .spiffe_id = "spiffe://example.org/w",
+                                 .not_before = now, .not_after = now + 3600, .issuer = w->is};
+        unsigned char *der = NULL;
+        size_t der_len = 0;
+        char serial[CA_SERIAL_HEX_LEN + 1];
+        if (!mid_is_ok(ca_x509_build_svid(&p, &der, &der_len, serial))) {
+            w->bad++;
+            continue;
+        }
+        const unsigned char *q = der;
+        X509 *x = d2i_X509(NULL, &q, (long)der_len);
+        if (x == NULL || X509_verify(x, w->ik) != 1) w->bad++;
+        if (x != NULL && EVP_PKEY_get_base_id(w->ik) == EVP_PKEY_RSA) {
+            unsigned char *tbs = NULL, ref[512];
+            size_t ref_len = sizeof ref;
+            int tbs_len = i2d_re_X509_tbs(x, &tbs);
+            EVP_MD_CTX *md = EVP_MD_CTX_new();
+            const ASN1_BIT_STRING *sig = NULL;
+            X509_get0_signature(&sig, NULL, x);
+            if (md == NULL || tbs_len <= 0 ||
+                EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, w->ik) != 1 ||
+                EVP_DigestSign(md, ref, &ref_len, tbs, (size_t)tbs_len) != 1 ||
+                (size_t)ASN1_STRING_length(sig) != ref_len ||
+                memcmp(ASN1_STRING_get0_data(sig), ref, ref_len) != 0)
+                w->bad++;
+            EVP_MD_CTX_free(md);
+            OPENSSL_free(tbs);
+        }
+        X509_free(x);
+        free(der);
+    }
+    return NULL;
+}
+
+/* Many certificates from one issuer on several threads at once: each takes
+ * a prepared signing context from the issuer's pool and gives it back, so
+ * most signatures come from a reused context; every one must verify (and,
+ * for RSA, be the exact PKCS #1 v1.5 signature). */
+static void t_svid_signing_contexts_reused(void **state)
+{
+    (void)state;
+    static const char *const keys[] = {"ec-p256", "rsa-2048", "ec-p384"};
+    enum { THREADS = 4 };
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
+        EVP_PKEY *ik = cafx_key(keys[k]), *sk = cafx_key("ec-p256");
+        cafx_cert_opts io = {.cn = "issuer", .key = ik, .is_ca = 1,
+                             .uri = "spiffe://example.org", .not_after_off = 86400};
+        X509 *issuer = cafx_cert(&io);
+        ca_x509_issuer is;
+        assert_ok(ca_x509_issuer_init(&is, issuer, ik));
+        unsigned char *spki_der = NULL;
+        int spki_len = i2d_PUBKEY(sk, &spki_der);
+        assert_true(spki_len > 0);
+        ca_spki info;
+        assert_ok(ca_key_from_spki(spki_der, (size_t)spki_len, &info, NULL));
+        sign_worker w[THREADS];
+        pthread_t th[THREADS];
+        for (int i = 0; i < THREADS; i++) {
+            w[i] = (sign_worker){.is = &is, .ik = ik, .spki = &info, .n = 25};
+            assert_int_equal(pthread_create(&th[i], NULL, sign_worker_main, &w[i]), 0);
+        }
+        for (int i = 0; i < THREADS; i++) {
+            assert_int_equal(pthread_join(th[i], NULL), 0);
+            assert_int_equal(w[i].bad, 0);
+        }
+        /* and once more on this thread, after the pool has filled */
+        sign_worker one = {.is = &is, .ik = ik, .spki = &info, .n = 3};
+        sign_worker_main(&one);
+        assert_int_equal(one.bad, 0);
+        OPENSSL_free(spki_der);
+        ca_x509_issuer_clear(&is);
+        X509_free(issuer);
+        EVP_PKEY_free(sk);
+        EVP_PKEY_free(ik);
+    }
+}
+
 int ca_test_x509_der(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(t_writer_lengths),      cmocka_unit_test(t_writer_nesting),
         cmocka_unit_test(t_writer_bounds),       cmocka_unit_test(t_svid_matches_openssl),
-        cmocka_unit_test(t_svid_refusals),
+        cmocka_unit_test(t_svid_refusals),       cmocka_unit_test(t_svid_signing_contexts_reused),
     };
     return cmocka_run_group_tests_name("ca/x509 DER", tests, NULL, NULL);
 }
