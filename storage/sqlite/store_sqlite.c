@@ -21,10 +21,10 @@
 #include "lib/timeutil.h"
 #include "storage/audit.h"
 #include "storage/sqlite/walbuf.h"
+#include "storage/sqlite/walckpt.h"
 #include "storage/store_int.h"
 
 #define SQ_APPLICATION_ID 0x6D736964 /* "msid" */
-#define SQ_WAL_AUTOCHECKPOINT 10000  /* frames (pages) in the WAL before a checkpoint: ~40 MiB */
 
 /* ---- schema migrations ------------------------------------------------------ */
 
@@ -440,6 +440,7 @@ typedef struct {
     char *path;
     int busy_ms;
     int audit_chunk; /* index the audit log's SPIFFE IDs every this many events */
+    walckpt *ckpt;   /* writer: its background checkpoints */
     sqlite3_stmt *stmt[SQ_STMT_COUNT_];
 } sq_conn;
 
@@ -577,6 +578,7 @@ static void sq_close(store_conn *cc)
     sq_conn *c = sq(cc);
     if (c == NULL) return;
     for (int i = 0; i < SQ_STMT_COUNT_; i++) sqlite3_finalize(c->stmt[i]);
+    walckpt_detach(c->ckpt); /* before the close, which checkpoints a last time */
     if (c->db != NULL && sqlite3_close(c->db) != SQLITE_OK)
         sqlite3_close_v2(c->db); /* should not happen: every statement is finalized */
     free(c->path);
@@ -722,14 +724,13 @@ static MID_RESULT sq_open_conn(const char *target, const store_options *opts, st
      * otherwise spill to a temporary file past 64 KiB - written, never
      * needed for durability (WAL already is). */
     MID_GUARD(sq_exec(c, "PRAGMA temp_store = MEMORY", "statement journal in memory"));
-    /* Checkpoint every SQ_WAL_AUTOCHECKPOINT frames instead of SQLite's
-     * 1000: a page written by many transactions between two checkpoints
-     * (the end of an index, the hot leaves of a random index) is copied
-     * into the database once, not once per 1000 frames. See docs/storage.md,
-     * "Write cost". */
-    char ckpt[64];
-    snprintf(ckpt, sizeof ckpt, "PRAGMA wal_autocheckpoint = %d", SQ_WAL_AUTOCHECKPOINT);
-    MID_GUARD(sq_exec(c, ckpt, "checkpoint interval"));
+    /* Checkpoints every walckpt_frames() (10,000) frames instead of
+     * SQLite's 1000: a page written by many transactions between two
+     * checkpoints (the end of an index, the hot leaves of a random index)
+     * is copied into the database once, not once per 1000 frames; and on a
+     * thread of their own instead of inside a commit (walckpt.h). See
+     * docs/storage.md, "Write cost". */
+    MID_GUARD(walckpt_attach(c->db, target, &c->ckpt));
     return MID_OK_RESULT;
 }
 
@@ -816,7 +817,12 @@ static MID_RESULT sq_migrate(store_conn *cc, int *version)
 
 /* ---- transactions --------------------------------------------------------------- */
 
-static MID_RESULT sq_begin(store_conn *c) { return sq_exec_cached(sq(c), SQ_BEGIN, "begin"); }
+static MID_RESULT sq_begin(store_conn *cc)
+{
+    sq_conn *c = sq(cc);
+    walckpt_before_write(c->ckpt);
+    return sq_exec_cached(c, SQ_BEGIN, "begin");
+}
 static MID_RESULT sq_commit(store_conn *c) { return sq_exec_cached(sq(c), SQ_COMMIT, "commit"); }
 
 static MID_RESULT sq_rollback(store_conn *cc)
