@@ -334,6 +334,18 @@ static void arm_retry(agent *a, int64_t delay_ms)
     }
 }
 
+/* After a call or the Sync stream failed to reach the server (UNAVAILABLE:
+ * no connection, or a TLS handshake that failed) while no Sync stream keeps
+ * a connection up, the next attempt uses a new channel. On the old one gRPC
+ * would fail every call at once, without connecting, until its own
+ * reconnect backoff (1 s growing by 1.6x) has passed: after a server outage
+ * of ten seconds the agent stayed cut off for seconds more, past its own
+ * SVID's expiry. Retries stay paced by the agent's backoff. */
+static void reconnect_afresh(agent *a, rpc_code code)
+{
+    if (code == RPC_UNAVAILABLE && !a->sync && a->nc) node_client_reset(a->nc);
+}
+
 /* sds_bundle_sequence_ack: the newest bundle every local stream that
  * carries bundles holds (SDS: ACKed; Workload API: written out), never
  * above what the cache applied (`seq`); `seq` itself with no such stream. */
@@ -462,6 +474,7 @@ static void sync_done(rpc_stream *s, const rpc_status *st, void *arg)
         arm_retry(a, 0);
         return;
     }
+    reconnect_afresh(a, st->code);
     a->sync_fails++;
     int64_t d = backoff(a, a->sync_fails);
     if (st->code == RPC_PERMISSION_DENIED || st->code == RPC_UNAUTHENTICATED)
@@ -581,6 +594,7 @@ static void renew_done(const rpc_status *st, const ProtobufCMessage *resp, void 
     agent *a = ref_put(rc->ref);
     if (!a || a->state != ST_RUNNING) goto out;
     if (st->code != RPC_OK) {
+        reconnect_afresh(a, st->code);
         a->renew_fails++;
         int64_t left = a->svid_not_after * 1000 - time_now_ms();
         int64_t d = backoff(a, a->renew_fails);
@@ -672,6 +686,7 @@ static void attest_done(const rpc_status *st, const ProtobufCMessage *resp, void
     if (!a || a->state != ST_BOOTSTRAP) goto out;
     if (st->code == RPC_UNAVAILABLE || st->code == RPC_DEADLINE_EXCEEDED ||
         st->code == RPC_CANCELLED) {
+        reconnect_afresh(a, st->code);
         a->attest_fails++;
         int64_t d = backoff(a, a->attest_fails);
         LOG_WARN("agent: server unreachable for AttestAgent (%d: %s); retry in %lld ms",

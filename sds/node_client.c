@@ -90,6 +90,12 @@ mid_result node_client_set_credentials(node_client *nc, const char *ca_pem, cons
     return mid_ok();
 }
 
+void node_client_reset(node_client *nc)
+{
+    rpc_channel_free(nc->ch);
+    nc->ch = NULL;
+}
+
 static mid_result channel(node_client *nc, rpc_channel **out)
 {
     MID_ENSURE(nc->ca_pem != NULL, MID_E_STATE, "node client: no trust anchors yet");

@@ -46,6 +46,13 @@ void node_client_free(node_client *nc);
 MID_RESULT node_client_set_credentials(node_client *nc, const char *ca_pem, const char *cert_pem,
                                        const char *key_pem);
 
+/* Drops the current channel (calls and streams in flight on it are
+ * cancelled; their callbacks still run): the next call connects afresh, with
+ * a new TLS handshake. For after a call failed to connect: gRPC fails every
+ * call on a channel that could not connect at once, without trying again,
+ * until its own reconnect backoff (growing to minutes) has passed. */
+void node_client_reset(node_client *nc);
+
 /* Unary calls; cb runs exactly once on the loop when this returns OK. */
 MID_RESULT node_client_attest(node_client *nc, const Meshid__Agent__V1__AttestAgentRequest *req,
                               rpc_unary_cb cb, void *arg);

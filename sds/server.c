@@ -18,10 +18,11 @@
 #include "sds/admin_service.h"
 #include "sds/node_service.h"
 #include "sds/server.h"
+#include "sds/server_int.h"
 #include "storage/store.h"
 
 #define PATH_CAP 4096
-#define TLS_CHECK_MS 30000 /* how often the TLS material is looked at */
+#define TLS_RETRY_FLOOR_MS 100 /* retries of a failed renewal, at least this far apart */
 
 /* One root's gate answer, computed on the loop for a rotation tick job. */
 typedef struct {
@@ -46,9 +47,12 @@ struct server {
     int64_t svid_ttl;
     /* the TLS material in use */
     char *chain_pem, *key_pem, *ca_pem;
-    int64_t svid_not_before, svid_not_after;
-    rpc_timer *tls_timer;
-    bool reissuing; /* a job is renewing the server SVID */
+    int64_t svid_got_ms;    /* when the SVID in use was taken into use */
+    int64_t svid_not_after; /* its notAfter (s) */
+    rpc_timer *tls_timer;   /* armed by tls_arm only */
+    bool reissuing;         /* a job is renewing the server SVID */
+    bool tls_renew_now;     /* renew without waiting for half life (new signer, retry) */
+    int tls_fails;          /* renewals failed in a row */
     bool stopped;
     /* rotation */
     char data_dir[PATH_CAP];
@@ -67,7 +71,7 @@ struct server {
 
 typedef struct {
     server *s;
-    node_ca_pin *pin;
+    node_ca_pin *pin; /* released by reissue_done */
     ca_svid *svid;
     char *cross; /* the signing root's cross-certificates, see issue_svid */
     mid_err err;
@@ -135,9 +139,64 @@ static mid_result adopt_svid(server *s, ca_svid *svid, const char *cross, bool a
     s->chain_pem = chain;
     s->key_pem = key;
     s->ca_pem = cap;
-    s->svid_not_before = time_now();
+    s->svid_got_ms = time_now_ms();
     s->svid_not_after = ca_svid_not_after(svid);
     return mid_ok();
+}
+
+int64_t server_tls_renew_at_ms(int64_t got_ms, int64_t not_after_ms)
+{
+    if (not_after_ms <= got_ms) return got_ms;
+    return got_ms + (not_after_ms - got_ms) / 2;
+}
+
+int64_t server_tls_next_ms(int64_t now_ms, int64_t got_ms, int64_t not_after_ms, int fails)
+{
+    int64_t d;
+    if (fails > 0) {
+        d = SERVER_TLS_RETRY_MS;
+        for (int i = 1; i < fails && d < SERVER_TLS_CHECK_MS; i++) d *= 2;
+        int64_t left = not_after_ms - now_ms;
+        if (left > 0 && d > left / 2) d = left / 2;
+        if (d < TLS_RETRY_FLOOR_MS) d = TLS_RETRY_FLOOR_MS;
+    } else {
+        d = server_tls_renew_at_ms(got_ms, not_after_ms) - now_ms;
+        if (d < 0) d = 0;
+    }
+    return d > SERVER_TLS_CHECK_MS ? SERVER_TLS_CHECK_MS : d;
+}
+
+static void tls_tick(rpc_loop *loop, void *arg);
+
+/* (Re-)arms the TLS timer for the SVID in use: at its renewal point (or
+ * the retry after a failed renewal), at most SERVER_TLS_CHECK_MS away for
+ * the bundle. While a renewal job runs only the bundle is due: reissue_done
+ * re-arms from the new SVID. Every path that changes the SVID, the
+ * failure count or tls_renew_now ends here, so the timer always matches the
+ * SVID actually served: a fixed SERVER_TLS_CHECK_MS after a renewal would
+ * let an SVID shorter than that expire while still served. */
+static void tls_arm(server *s)
+{
+    if (s->tls_timer) rpc_timer_cancel(s->loop, s->tls_timer);
+    s->tls_timer = NULL;
+    if (s->stopped) return;
+    int64_t d = SERVER_TLS_CHECK_MS;
+    if (!s->reissuing) {
+        d = server_tls_next_ms(time_now_ms(), s->svid_got_ms, s->svid_not_after * 1000,
+                               s->tls_fails);
+        if (s->tls_renew_now && s->tls_fails == 0) d = 0;
+    }
+    if (!mid_is_ok(rpc_timer_add(s->loop, d, tls_tick, s, &s->tls_timer))) {
+        LOG_ERROR("server: cannot arm the TLS timer: %s", mid_errmsg());
+        s->tls_timer = NULL;
+    }
+}
+
+/* A renewal could not be started or failed: retry with backoff (tls_arm). */
+static void tls_failed(server *s)
+{
+    s->tls_fails++;
+    s->tls_renew_now = true;
 }
 
 static void reissue_work(void *arg)
@@ -152,42 +211,66 @@ static void reissue_done(void *arg, bool ran)
 {
     reissue_job *j = arg;
     server *s = j->s;
+    char signer[CA_AUTHORITY_ID_MAX];
+    snprintf(signer, sizeof signer, "%s", ca_signer_id(node_ca_pin_ca(j->pin)));
     s->reissuing = false;
     node_ca_pin_release(j->pin);
     if (ran && j->err == MID_E_OK && !s->stopped) {
-        if (mid_is_ok(adopt_svid(s, j->svid, j->cross, true)))
-            LOG_INFO("server: TLS SVID renewed, valid until %lld", (long long)s->svid_not_after);
-        else
+        if (mid_is_ok(adopt_svid(s, j->svid, j->cross, true))) {
+            char na[TIME_RFC3339_LEN], at[TIME_RFC3339_LEN];
+            int64_t at_ms = server_tls_renew_at_ms(s->svid_got_ms, s->svid_not_after * 1000);
+            time_format_rfc3339(s->svid_not_after, na);
+            time_format_rfc3339(at_ms / 1000, at);
+            LOG_INFO("server: TLS SVID renewed by %.16s, valid until %s, renews at %s", signer, na,
+                     at);
+            s->tls_fails = 0;
+        } else {
             LOG_ERROR("server: cannot use the renewed TLS SVID: %s", mid_errmsg());
-    } else if (ran && j->err != MID_E_OK) {
-        LOG_ERROR("server: cannot renew the TLS SVID: %s", j->msg);
+            tls_failed(s);
+        }
+    } else if (!s->stopped) {
+        LOG_ERROR("server: cannot renew the TLS SVID: %s", ran ? j->msg : "job refused");
+        tls_failed(s);
     }
     ca_svid_free(j->svid);
     free(j->cross);
     free(j);
+    /* from the new SVID; at once if the signer changed while the job ran */
+    tls_arm(s);
 }
 
-/* Renews the SVID past half its life; follows trust bundle changes. */
+/* Starts a renewal job with the CA handle in use now. */
+static void tls_renew(server *s)
+{
+    reissue_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        LOG_ERROR("server: cannot renew the TLS SVID: out of memory");
+        tls_failed(s);
+        return;
+    }
+    j->s = s;
+    j->pin = node_service_ca_pin(s->ns);
+    if (!mid_is_ok(workpool_submit(s->wp, reissue_work, reissue_done, j))) {
+        LOG_ERROR("server: cannot renew the TLS SVID: %s", mid_errmsg());
+        node_ca_pin_release(j->pin);
+        free(j);
+        tls_failed(s);
+        return;
+    }
+    s->reissuing = true;
+    s->tls_renew_now = false;
+}
+
+/* Renews the SVID past half its life (or at once, see tls_renew_now);
+ * follows trust bundle changes. */
 static void tls_tick(rpc_loop *loop, void *arg)
 {
+    (void)loop;
     server *s = arg;
     s->tls_timer = NULL;
     if (s->stopped) return;
-    int64_t now = time_now();
-    int64_t half = s->svid_not_before + (s->svid_not_after - s->svid_not_before) / 2;
-    if (now >= half && !s->reissuing) {
-        reissue_job *j = calloc(1, sizeof *j);
-        if (j) {
-            j->s = s;
-            j->pin = node_service_ca_pin(s->ns);
-            if (mid_is_ok(workpool_submit(s->wp, reissue_work, reissue_done, j))) {
-                s->reissuing = true;
-            } else {
-                node_ca_pin_release(j->pin);
-                free(j);
-            }
-        }
-    }
+    int64_t renew_at = server_tls_renew_at_ms(s->svid_got_ms, s->svid_not_after * 1000);
+    if ((s->tls_renew_now || time_now_ms() >= renew_at) && !s->reissuing) tls_renew(s);
     const char *bundle = node_service_bundle_pem(s->ns, NULL);
     if (bundle && s->ca_pem && strcmp(bundle, s->ca_pem) != 0) {
         char *cap = strdup(bundle);
@@ -200,10 +283,7 @@ static void tls_tick(rpc_loop *loop, void *arg)
             free(cap);
         }
     }
-    int64_t next = TLS_CHECK_MS;
-    if (half > now && (half - now) * 1000 < next) next = (half - now) * 1000 + 1;
-    if (!mid_is_ok(rpc_timer_add(loop, next, tls_tick, s, &s->tls_timer)))
-        LOG_ERROR("server: cannot re-arm the TLS timer: %s", mid_errmsg());
+    tls_arm(s);
 }
 
 /* ---- following the active intermediate ---------------------------------------- */
@@ -237,11 +317,12 @@ static void reopen_done(void *arg, bool ran)
                      was);
             if (!mid_is_ok(node_service_set_ca(s->ns, j->c)))
                 LOG_ERROR("server: cannot switch the CA handle: %s", mid_errmsg());
-            /* the server's own SVID follows at once: peers see the new chain */
-            if (s->tls_timer) rpc_timer_cancel(s->loop, s->tls_timer);
-            s->tls_timer = NULL;
-            s->svid_not_before = s->svid_not_after = 0; /* past half: renew now */
-            tls_tick(s->loop, s);
+            /* the server's own SVID follows at once: peers see the new chain
+             * (a renewal running now with the old handle is followed by
+             * another one, see reissue_done) */
+            s->tls_fails = 0;
+            s->tls_renew_now = true;
+            tls_arm(s);
         }
     } else {
         if (ran && j->err != MID_E_OK) LOG_ERROR("server: cannot reopen the CA: %s", j->msg);
@@ -512,7 +593,10 @@ mid_result server_start(const server_opts *o, rpc_loop *loop, server **out)
     MID_TRY(r, rpc_server_add_tcp(s->node_srv, s->listen, &tls, &s->port));
     MID_TRY(r, rpc_server_start(s->admin_srv));
     MID_TRY(r, rpc_server_start(s->node_srv));
-    MID_TRY(r, rpc_timer_add(loop, TLS_CHECK_MS, tls_tick, s, &s->tls_timer));
+    MID_TRY(r, rpc_timer_add(loop,
+                             server_tls_next_ms(time_now_ms(), s->svid_got_ms,
+                                                s->svid_not_after * 1000, 0),
+                             tls_tick, s, &s->tls_timer));
     MID_TRY(r, rpc_timer_add(loop, s->rotation_ms, rotation_tick, s, &s->rot_timer));
     *out = s;
 out:

@@ -51,6 +51,11 @@ void fake_push(fake_server *f);
 /* Down: every call fails with UNAVAILABLE and open Sync streams are ended. */
 void fake_set_down(fake_server *f, bool down);
 
+/* New handshakes get an expired server certificate (the agent's TLS
+ * verification fails, as with a server serving an SVID it did not renew in
+ * time) or the valid one again; open connections keep theirs. */
+void fake_set_tls_expired(fake_server *f, bool expired);
+
 /* Another self-signed root for FAKE_TD (index for fake_entry.root), in the
  * Sync bundle or not; adding it to the bundle bumps the bundle sequence.
  * Changes reach the agent with fake_push. */

@@ -36,7 +36,9 @@ struct fake_server {
     char *ca_pem;
     unsigned char *ca_der;
     int ca_der_len;
+    rpc_server *srv;
     char *srv_cert, *srv_key;
+    char *srv_cert_expired; /* same key and names, notAfter a minute ago */
     long serial;
     bool down;
     int64_t agent_ttl;
@@ -544,6 +546,10 @@ fake_server *fake_new(rpc_loop *loop)
     f->srv_cert = pem_of_cert(sx);
     f->srv_key = pem_of_key(sk);
     X509_free(sx);
+    sx = make_cert(f, sk, "URI:spiffe://" FAKE_TD "/meshid/server,DNS:localhost,IP:127.0.0.1", false,
+                   -60, 120);
+    f->srv_cert_expired = pem_of_cert(sx);
+    X509_free(sx);
     EVP_PKEY_free(sk);
 
     rpc_server *srv = NULL;
@@ -569,6 +575,7 @@ fake_server *fake_new(rpc_loop *loop)
                    .client_cert_optional = true};
     assert_true(mid_is_ok(rpc_server_add_tcp(srv, "127.0.0.1:0", &tls, &f->port)));
     assert_true(mid_is_ok(rpc_server_start(srv)));
+    f->srv = srv;
     return f;
 }
 
@@ -585,6 +592,7 @@ void fake_free(fake_server *f)
     EVP_PKEY_free(f->ca_key);
     free(f->ca_pem);
     free(f->srv_cert);
+    free(f->srv_cert_expired);
     free(f->srv_key);
     free(f);
 }
@@ -635,6 +643,14 @@ void fake_push(fake_server *f)
     f->rev++;
     for (size_t i = 0; i < MAX_SYNCS; i++)
         if (f->syncs[i]) send_state(f, f->syncs[i]);
+}
+
+void fake_set_tls_expired(fake_server *f, bool expired)
+{
+    rpc_tls tls = {.ca_pem = f->ca_pem,
+                   .cert_pem = expired ? f->srv_cert_expired : f->srv_cert,
+                   .key_pem = f->srv_key};
+    assert_true(mid_is_ok(rpc_server_set_tls(f->srv, &tls)));
 }
 
 void fake_set_down(fake_server *f, bool down)

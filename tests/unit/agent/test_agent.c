@@ -504,6 +504,33 @@ static void test_server_down_serves_cache(void **state)
     assert_string_equal(serial_of(e, "e1"), serial); /* nothing to re-issue */
 }
 
+/* The server's certificate fails verification for 11 s (as meshid's server
+ * served an expired SVID for 10 s before its renewal timer was fixed): every
+ * attempt fails the handshake. Once it is valid again the agent is back
+ * within its own backoff (400 ms here). Reusing the channel it would wait
+ * for gRPC's reconnect backoff instead, which by then is ~6 s long (1 s
+ * growing by 1.6x) and fails every call at once meanwhile: that is how a
+ * short outage outlived the agent's SVID in tests/interop/
+ * test_auto_rotation.sh. */
+static void test_reconnects_after_failed_handshakes(void **state)
+{
+    env *e = *state;
+    fake_add_entry(e->f, "e1", WL_A, e->uid_sel, 3600);
+    fake_set_tls_expired(e->f, true);
+    fake_seed_identity(e->f, e->dir, 3600);
+    assert_true(mid_is_ok(start_agent(e, NULL)));
+    run_for(e->loop, 11000);
+    assert_false(agent_synced(e->a));
+    assert_int_equal(fake_get_counts(e->f)->syncs_total, 0);
+    agent_stats as;
+    agent_get_stats(e->a, &as);
+    assert_true(as.reconnects >= 10);
+
+    fake_set_tls_expired(e->f, false);
+    assert_true(run_until(e->loop, synced, e, 1500));
+    wait_issued(e, 1);
+}
+
 static bool renewed(void *arg)
 {
     env *e = arg;
@@ -937,6 +964,7 @@ int run_agent_tests(void)
         cmocka_unit_test_setup_teardown(test_rotation_at_half_life, setup, teardown),
         cmocka_unit_test_setup_teardown(test_entry_change_reissues, setup, teardown),
         cmocka_unit_test_setup_teardown(test_server_down_serves_cache, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reconnects_after_failed_handshakes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_agent_renewal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_denials_reported_coalesced, setup, teardown),
         cmocka_unit_test_setup_teardown(test_denials_retried, setup, teardown),

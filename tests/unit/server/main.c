@@ -9,5 +9,6 @@ int main(int argc, char **argv)
     int failed = 0;
     failed += run_workpool_tests();
     failed += run_server_tests();
+    failed += run_tls_renewal_tests();
     return failed == 0 ? 0 : 1;
 }

@@ -5,6 +5,7 @@
 /* Each runs its cmocka group and returns the number of failed tests. */
 int run_workpool_tests(void);
 int run_server_tests(void);
+int run_tls_renewal_tests(void);
 
 /* Child mode: calls ListAgents on the admin socket and exits with the gRPC
  * status code (the test runs it as another uid). */
