@@ -10,6 +10,7 @@
  */
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <openssl/evp.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -734,9 +735,18 @@ static MID_RESULT sq_open_conn(const char *target, const store_options *opts, st
     return MID_OK_RESULT;
 }
 
+/* Before SQLite's first use in the process: no memory statistics, so that
+ * an allocation inside SQLite takes no process-wide mutex (every
+ * connection here is single-threaded, SQLITE_OPEN_NOMUTEX). When something
+ * else initialised SQLite first this is refused (SQLITE_MISUSE) and
+ * changes nothing. */
+static pthread_once_t sq_config_once = PTHREAD_ONCE_INIT;
+static void sq_config(void) { (void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0); }
+
 static MID_RESULT sq_open(const char *target, const store_options *opts, store_conn_role role,
                           store_conn **out)
 {
+    pthread_once(&sq_config_once, sq_config);
     sq_conn *c = calloc(1, sizeof *c);
     MID_ENSURE_MEM(c);
     c->base.vt = &store_backend_sqlite;
