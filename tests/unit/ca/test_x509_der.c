@@ -190,20 +190,46 @@ typedef struct {
     int64_t nb_off, na_off; /* from now */
 } svid_case;
 
+/* A CA certificate of `issuer_key` as a ca_x509_issuer, and the SPKI of a
+ * fresh `subject_key`. */
+typedef struct {
+    EVP_PKEY *ik, *sk;
+    X509 *issuer;
+    ca_x509_issuer is;
+    unsigned char *spki_der;
+    ca_spki info;
+} svid_fixture;
+
+static void fixture_init(svid_fixture *f, const char *issuer_key, const char *subject_key,
+                         long not_after_off)
+{
+    memset(f, 0, sizeof *f);
+    f->ik = cafx_key(issuer_key);
+    f->sk = cafx_key(subject_key);
+    cafx_cert_opts io = {.cn = "issuer", .key = f->ik, .is_ca = 1, .uri = "spiffe://example.org",
+                         .not_after_off = not_after_off};
+    f->issuer = cafx_cert(&io);
+    assert_ok(ca_x509_issuer_init(&f->is, f->issuer, f->ik));
+    int spki_len = i2d_PUBKEY(f->sk, &f->spki_der);
+    assert_true(spki_len > 0);
+    assert_ok(ca_key_from_spki(f->spki_der, (size_t)spki_len, &f->info, NULL));
+}
+
+static void fixture_clear(svid_fixture *f)
+{
+    OPENSSL_free(f->spki_der);
+    ca_x509_issuer_clear(&f->is);
+    X509_free(f->issuer);
+    EVP_PKEY_free(f->sk);
+    EVP_PKEY_free(f->ik);
+}
+
 static void check_case(const svid_case *k)
 {
-    EVP_PKEY *ik = cafx_key(k->issuer_key), *sk = cafx_key(k->subject_key);
-    cafx_cert_opts io = {.cn = "issuer", .key = ik, .is_ca = 1, .uri = "spiffe://example.org",
-                         .not_after_off = 100L * 365 * 86400};
-    X509 *issuer = cafx_cert(&io);
-    ca_x509_issuer is;
-    assert_ok(ca_x509_issuer_init(&is, issuer, ik));
-
-    unsigned char *spki_der = NULL;
-    int spki_len = i2d_PUBKEY(sk, &spki_der);
-    assert_true(spki_len > 0);
-    ca_spki info;
-    assert_ok(ca_key_from_spki(spki_der, (size_t)spki_len, &info, NULL));
+    svid_fixture f;
+    fixture_init(&f, k->issuer_key, k->subject_key, 100L * 365 * 86400);
+    EVP_PKEY *ik = f.ik;
+    X509 *issuer = f.issuer;
 
     /* DNS names long enough to push the SAN past the one- and two-byte
      * length forms. */
@@ -216,9 +242,9 @@ static void check_case(const svid_case *k)
     }
     const char *uri = "spiffe://example.org/ns/default/sa/web";
     int64_t now = (int64_t)time(NULL);
-    ca_x509_svid_params p = {.spki = &info, .spiffe_id = uri, .dns = dns, .n_dns = k->n_dns,
+    ca_x509_svid_params p = {.spki = &f.info, .spiffe_id = uri, .dns = dns, .n_dns = k->n_dns,
                              .not_before = now + k->nb_off, .not_after = now + k->na_off,
-                             .issuer = &is};
+                             .issuer = &f.is};
     unsigned char *der = NULL;
     size_t der_len = 0;
     char serial[CA_SERIAL_HEX_LEN + 1];
@@ -268,11 +294,7 @@ static void check_case(const svid_case *k)
     OPENSSL_free(ref);
     X509_free(x);
     free(der);
-    OPENSSL_free(spki_der);
-    ca_x509_issuer_clear(&is);
-    X509_free(issuer);
-    EVP_PKEY_free(sk);
-    EVP_PKEY_free(ik);
+    fixture_clear(&f);
 }
 
 static void t_svid_matches_openssl(void **state)
@@ -400,21 +422,12 @@ static void t_svid_signing_contexts_reused(void **state)
     static const char *const keys[] = {"ec-p256", "rsa-2048", "ec-p384"};
     enum { THREADS = 4 };
     for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
-        EVP_PKEY *ik = cafx_key(keys[k]), *sk = cafx_key("ec-p256");
-        cafx_cert_opts io = {.cn = "issuer", .key = ik, .is_ca = 1,
-                             .uri = "spiffe://example.org", .not_after_off = 86400};
-        X509 *issuer = cafx_cert(&io);
-        ca_x509_issuer is;
-        assert_ok(ca_x509_issuer_init(&is, issuer, ik));
-        unsigned char *spki_der = NULL;
-        int spki_len = i2d_PUBKEY(sk, &spki_der);
-        assert_true(spki_len > 0);
-        ca_spki info;
-        assert_ok(ca_key_from_spki(spki_der, (size_t)spki_len, &info, NULL));
+        svid_fixture f;
+        fixture_init(&f, keys[k], "ec-p256", 86400);
         sign_worker w[THREADS];
         pthread_t th[THREADS];
         for (int i = 0; i < THREADS; i++) {
-            w[i] = (sign_worker){.is = &is, .ik = ik, .spki = &info, .n = 25};
+            w[i] = (sign_worker){.is = &f.is, .ik = f.ik, .spki = &f.info, .n = 25};
             assert_int_equal(pthread_create(&th[i], NULL, sign_worker_main, &w[i]), 0);
         }
         for (int i = 0; i < THREADS; i++) {
@@ -422,14 +435,10 @@ static void t_svid_signing_contexts_reused(void **state)
             assert_int_equal(w[i].bad, 0);
         }
         /* and once more on this thread, after the pool has filled */
-        sign_worker one = {.is = &is, .ik = ik, .spki = &info, .n = 3};
+        sign_worker one = {.is = &f.is, .ik = f.ik, .spki = &f.info, .n = 3};
         sign_worker_main(&one);
         assert_int_equal(one.bad, 0);
-        OPENSSL_free(spki_der);
-        ca_x509_issuer_clear(&is);
-        X509_free(issuer);
-        EVP_PKEY_free(sk);
-        EVP_PKEY_free(ik);
+        fixture_clear(&f);
     }
 }
 
