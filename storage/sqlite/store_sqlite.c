@@ -332,8 +332,12 @@ typedef enum {
 
 #define SQ_AUDIT_COLS                                                                        \
     "seq, ts_ms, actor, event, spiffe_id, serial, outcome, reason, details, prev_hash, hash"
-/* The last seq in the SPIFFE-ID index, as a scalar subquery. */
-#define SQ_AUDIT_UPTO "(SELECT value FROM counters WHERE name = 'audit_spiffe_upto')"
+/* The last seq in the SPIFFE-ID index, as a scalar subquery; 0 if its
+ * counters row went missing (deleted around meshid): then every event is
+ * scanned as not yet indexed, and the next chunk indexes from the start
+ * again and puts the row back, so queries stay right either way. */
+#define SQ_AUDIT_UPTO                                                                        \
+    "(SELECT coalesce(max(value), 0) FROM counters WHERE name = 'audit_spiffe_upto')"
 #define SQ_AUTH_COLS                                                                         \
     "id, kind, state, trust_domain, parent_id, cert_pem, chain_pem, key_ref, not_before, "   \
     "not_after, upstream, created_at"
@@ -365,8 +369,9 @@ static const char *const sq_sql[SQ_STMT_COUNT_] = {
     [SQ_AUDIT_INDEX] = "INSERT INTO audit_spiffe (chunk, spiffe_id, seq)"
                        " SELECT ?1, spiffe_id, seq FROM audit_events WHERE seq > " SQ_AUDIT_UPTO
                        " AND seq <= ?1 AND spiffe_id IS NOT NULL ORDER BY spiffe_id, seq",
-    [SQ_AUDIT_INDEX_UPTO] = "UPDATE counters SET value = ?1"
-                            " WHERE name = 'audit_spiffe_upto' AND value < ?1",
+    [SQ_AUDIT_INDEX_UPTO] = "INSERT INTO counters (name, value) VALUES ('audit_spiffe_upto', ?1)"
+                            " ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+                            " WHERE value < excluded.value",
     [SQ_AUTH_PUT] = "INSERT INTO authorities (" SQ_AUTH_COLS
                     ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
                     " ON CONFLICT (id) DO UPDATE SET kind = excluded.kind,"
