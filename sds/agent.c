@@ -24,6 +24,7 @@
 #include "lib/log.h"
 #include "lib/timeutil.h"
 #include "sds/agent.h"
+#include "sds/agent_int.h"
 #include "sds/node_client.h"
 #include "sds/sds_service.h"
 #include "sds/workload_api.h"
@@ -588,6 +589,13 @@ out:
     return r;
 }
 
+int64_t agent_renew_retry_ms(int64_t backoff_ms, int64_t left_ms, int64_t floor_ms)
+{
+    int64_t d = backoff_ms;
+    if (left_ms > 0 && d > left_ms / 2) d = left_ms / 2;
+    return d < floor_ms ? floor_ms : d;
+}
+
 static void renew_done(const rpc_status *st, const ProtobufCMessage *resp, void *arg)
 {
     renew_call *rc = arg;
@@ -597,8 +605,10 @@ static void renew_done(const rpc_status *st, const ProtobufCMessage *resp, void 
         reconnect_afresh(a, st->code);
         a->renew_fails++;
         int64_t left = a->svid_not_after * 1000 - time_now_ms();
-        int64_t d = backoff(a, a->renew_fails);
-        if (left > 0 && d > left / 2) d = left / 2;
+        int64_t floor_ms = a->backoff_min < AGENT_RENEW_RETRY_FLOOR_MS
+                               ? a->backoff_min
+                               : AGENT_RENEW_RETRY_FLOOR_MS;
+        int64_t d = agent_renew_retry_ms(backoff(a, a->renew_fails), left, floor_ms);
         LOG_WARN("agent: RenewAgent failed (%d: %s); retry in %lld ms", (int)st->code,
                  st->message ? st->message : "", (long long)d);
         arm_renew(a, d);

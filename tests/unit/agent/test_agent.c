@@ -29,6 +29,7 @@
 #include "envoy/service/discovery/v3/discovery.pb-c.h"
 #include "lib/log.h"
 #include "sds/agent.h"
+#include "sds/agent_int.h"
 #include "sds/agent_cache.h"
 #include "sds/sds_service.h"
 #include "sds/secrets.h"
@@ -951,6 +952,25 @@ static void test_unverifiable_svid_not_served(void **state)
     sds_view_unref(v);
 }
 
+/* The retry delay after a failed RenewAgent: the backoff, cut to half of
+ * what the SVID has left, never under the floor (no burst of retries a
+ * millisecond apart just before expiry). */
+static void test_renew_retry_schedule(void **state)
+{
+    (void)state;
+    assert_int_equal(agent_renew_retry_ms(2000, 60000, 100), 2000);   /* plenty left */
+    assert_int_equal(agent_renew_retry_ms(2000, 3000, 100), 1500);    /* half of what is left */
+    assert_int_equal(agent_renew_retry_ms(2000, 150, 100), 100);      /* the floor, not 75 */
+    assert_int_equal(agent_renew_retry_ms(2000, 2, 100), 100);        /* not 1 ms */
+    assert_int_equal(agent_renew_retry_ms(2000, 0, 100), 2000);       /* expired: plain backoff */
+    assert_int_equal(agent_renew_retry_ms(2000, -5000, 100), 2000);
+    assert_int_equal(agent_renew_retry_ms(20, 10, 20), 20);           /* a short backoff is its own floor */
+    /* what the agent's fails would give near expiry: all at least the floor */
+    for (int64_t left = 1000; left > 0; left -= 7)
+        assert_true(agent_renew_retry_ms(500, left, AGENT_RENEW_RETRY_FLOOR_MS) >=
+                    AGENT_RENEW_RETRY_FLOOR_MS);
+}
+
 int run_agent_tests(void)
 {
     if (getenv("MESHID_TEST_LOG")) log_set_level(LOG_LVL_DEBUG);
@@ -966,6 +986,7 @@ int run_agent_tests(void)
         cmocka_unit_test_setup_teardown(test_server_down_serves_cache, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reconnects_after_failed_handshakes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_agent_renewal, setup, teardown),
+        cmocka_unit_test(test_renew_retry_schedule),
         cmocka_unit_test_setup_teardown(test_denials_reported_coalesced, setup, teardown),
         cmocka_unit_test_setup_teardown(test_denials_retried, setup, teardown),
         cmocka_unit_test_setup_teardown(test_denial_queue_bounded, setup, teardown),
