@@ -35,6 +35,7 @@ typedef struct {
     const char *path;
     const ProtobufCMessageDescriptor *req_desc;
     mop_work_fn work;
+    const char *refused_event; /* writes: the audit event type of a refusal; NULL for reads */
 } mop_method;
 
 typedef struct {
@@ -57,6 +58,9 @@ struct mop {
     rpc_call *call; /* NULL once the call is over */
     bool job;       /* a workpool job is outstanding */
     mop_work_fn work;
+    const char *refused_event; /* see mop_method */
+    bool refused;              /* op_fail / op_refuse: nothing was written */
+    bool dry_run;              /* nothing was to be written: a refusal is not audited */
     char actor[64];
     arena *a;                    /* request copy and response */
     const ProtobufCMessage *req; /* in a */
@@ -113,10 +117,30 @@ static void op_call_done(rpc_call *call, bool cancelled, void *ctx)
     if (!op->job) op_free(op);
 }
 
+/* A write refused or failed before anything was written is audited like a
+ * committed one (same event type): outcome "denied" for what the caller
+ * asked (invalid documents, conflicts, unknown resources), "error" for the
+ * server's own failures; the reason is the message the caller got. */
+static void audit_refusal(mop *op)
+{
+    char reason[MSG_MAX];
+    size_t i = 0;
+    for (; op->msg[i] && i < sizeof reason - 1; i++)
+        reason[i] = ((unsigned char)op->msg[i] < 0x20 || op->msg[i] == 0x7f) ? '?' : op->msg[i];
+    reason[i] = '\0';
+    bool server_side = op->code == RPC_INTERNAL || op->code == RPC_UNAVAILABLE ||
+                       op->code == RPC_RESOURCE_EXHAUSTED;
+    store_audit_event ev = {.actor = op->actor, .event = op->refused_event,
+                            .outcome = server_side ? "error" : "denied", .reason = reason};
+    if (!mid_is_ok(store_audit_append(op->ma->o.st, &ev, NULL)))
+        LOG_ERROR("mesh admin: cannot audit a refused %s: %s", op->refused_event, mid_errmsg());
+}
+
 static void op_work(void *arg)
 {
     mop *op = arg;
     op->work(op);
+    if (op->refused && op->refused_event && !op->dry_run) audit_refusal(op);
 }
 
 static void op_done(void *arg, bool ran)
@@ -179,6 +203,7 @@ static void on_start(rpc_call *call, const ProtobufCMessage *req, void *ctx)
     op->ma = ma;
     op->call = call;
     op->work = mc->m->work;
+    op->refused_event = mc->m->refused_event;
     op->code = RPC_OK;
     snprintf(op->actor, sizeof op->actor, "%s", actor);
     rpc_call_set_user(call, op);
@@ -194,6 +219,7 @@ static void on_start(rpc_call *call, const ProtobufCMessage *req, void *ctx)
 /* Records the thread's last error as the op's outcome. */
 static void op_fail(mop *op, mid_result r, const char *what)
 {
+    op->refused = true;
     op->code = code_for(r.err);
     if (op->code == RPC_INTERNAL) {
         LOG_ERROR("mesh admin: %s: %s", what, mid_errmsg());
@@ -212,9 +238,15 @@ static void op_refuse(mop *op, rpc_code code, const char *fmt, ...)
     vsnprintf(op->msg, sizeof op->msg, fmt, ap);
     va_end(ap);
     op->code = code;
+    op->refused = true;
 }
 
-static void op_nomem(mop *op) { op_refuse(op, RPC_RESOURCE_EXHAUSTED, "response too large"); }
+/* The answer could not be built (the write, if any, is done: not a refusal). */
+static void op_nomem(mop *op)
+{
+    snprintf(op->msg, sizeof op->msg, "response too large");
+    op->code = RPC_RESOURCE_EXHAUSTED;
+}
 
 static char *adup(arena *a, const char *s)
 {
@@ -383,6 +415,7 @@ static void apply_work(mop *op)
     mesh_plan *plan = NULL;
     int64_t rev = 0;
     mid_result r = MID_OK_RESULT;
+    op->dry_run = req->dry_run;
     if (only) MID_TRY(r, mesh_store_kind_parse(req->only_kind, &only_kind));
     MID_TRY(r, parse_files(req, &docs, &n));
     MID_CHECK(r, n > 0, MID_E_INVALID,
@@ -1076,14 +1109,15 @@ out:
 
 static const mop_method methods[N_METHODS] = {
     {A_PREFIX "ApplyResources", &meshid__admin__v1__apply_resources_request__descriptor,
-     apply_work},
+     apply_work, "mesh.apply"},
     {A_PREFIX "DeleteResource", &meshid__admin__v1__delete_resource_request__descriptor,
-     delete_work},
+     delete_work, "mesh.delete"},
     {A_PREFIX "ListResources", &meshid__admin__v1__list_resources_request__descriptor, list_work},
     {A_PREFIX "GetResource", &meshid__admin__v1__get_resource_request__descriptor, get_work},
-    {A_PREFIX "AddEndpoint", &meshid__admin__v1__add_endpoint_request__descriptor, ep_add_work},
+    {A_PREFIX "AddEndpoint", &meshid__admin__v1__add_endpoint_request__descriptor, ep_add_work,
+     "mesh.endpoint.add"},
     {A_PREFIX "RemoveEndpoint", &meshid__admin__v1__remove_endpoint_request__descriptor,
-     ep_remove_work},
+     ep_remove_work, "mesh.endpoint.remove"},
     {A_PREFIX "ListEndpoints", &meshid__admin__v1__list_endpoints_request__descriptor,
      ep_list_work},
     {A_PREFIX "CheckPolicy", &meshid__admin__v1__check_policy_request__descriptor, check_work},

@@ -73,10 +73,14 @@ ok apply -f "$DIR"
 step "the other foo/httpbin: updated"
 ok apply -f "$EX/within/ap-deny-post-port-8080.yaml"
 has "$OUT" '^policy foo/httpbin updated$'
-ok audit query --event mesh.apply --json
+ok audit query --event mesh.apply --outcome ok --json
 [ "$(count "$OUT" '"event":"mesh.apply"')" -eq $((NDOCS + 1)) ] || fail "mesh.apply events"
 has "$OUT" '"actor":"admin:uid=[0-9]+"'
 has "$OUT" '"details":\{"action":"created","kind":"service","name":"s1tcp","namespace":"none"\}'
+# within/ as it is was refused by the CLI's own check: it never reached the
+# server, so there is nothing to audit
+ok audit query --event mesh.apply --outcome denied --json
+[ "$(count "$OUT" '"event":"mesh.apply"')" -eq 0 ] || fail "refused mesh.apply events"
 
 step "outside/: each refused, naming its field; nothing changes"
 ok service list
@@ -134,6 +138,11 @@ has "$ERR" "two.yaml:24:[0-9]+: spec.endpoints\[0\]\.weight"
 sed -i 's/^    weight: 3$//; s/second.bar.svc/ep.extsvc.com/' "$WORK/two.yaml"
 fails 1 apply -f "$WORK/two.yaml"
 has "$ERR" "two.yaml:12: spec.hosts\[0\]: host \"ep.extsvc.com\" .*testns/external-svc-ep"
+# the server's refusal is audited, with the message the caller got
+ok audit query --event mesh.apply --outcome denied --json
+[ "$(count "$OUT" '"event":"mesh.apply"')" -eq 1 ] || fail "refused mesh.apply events"
+has "$OUT" '"reason":"[^"]*two.yaml:12: spec.hosts\[0\]: host \\"ep.extsvc.com\\"'
+has "$OUT" '"actor":"admin:uid=[0-9]+"'
 ok service list
 cmp -s "$OUT" "$WORK/services.before" || fail "something of two.yaml was applied"
 
@@ -248,6 +257,8 @@ fails 1 endpoint remove --service ep.extsvc.com --address 127.0.0.4
 has "$ERR" 'has no endpoint 127.0.0.4'
 ok audit query --event mesh.endpoint.add --json
 [ "$(count "$OUT" '"address":"127.0.0.4"')" -eq 2 ] || fail "mesh.endpoint.add events"
+ok audit query --event mesh.endpoint.remove --outcome denied --json
+has "$OUT" '"reason":"[^"]*has no endpoint 127.0.0.4'
 ok audit query --event mesh.endpoint.remove --json
 has "$OUT" '"details":\{"action":"updated","address":"127.0.0.4","kind":"service","name":"external-svc-ep","namespace":"testns"\}'
 
@@ -298,8 +309,10 @@ fails 2 policy check --from "$PP" --to details --port 0
 fails 2 policy frobnicate
 
 step "audit: mesh events, chain intact"
-ok audit query --event mesh.delete --json
+ok audit query --event mesh.delete --outcome ok --json
 [ "$(count "$OUT" '"event":"mesh.delete"')" -eq 2 ] || fail "mesh.delete events"
+ok audit query --event mesh.delete --outcome denied --json
+[ "$(count "$OUT" '"event":"mesh.delete"')" -eq 1 ] || fail "refused mesh.delete events"
 ok audit verify
 
 step "server restart: everything still there"

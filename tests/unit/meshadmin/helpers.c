@@ -62,3 +62,31 @@ int64_t ma_count_events(store *st, const char *event)
     assert_mid_ok(store_audit_query(st, &f, count_cb, &c));
     return c.n;
 }
+
+typedef struct {
+    const char *reason_part;
+    int64_t n;
+} refusal_ctx;
+
+static int refusal_cb(void *ctx, const store_audit_event *row)
+{
+    refusal_ctx *c = ctx;
+    if (c->reason_part == NULL || (row->reason && strstr(row->reason, c->reason_part))) c->n++;
+    return 0;
+}
+
+int64_t ma_count_ok(store *st, const char *event)
+{
+    refusal_ctx c = {NULL, 0};
+    store_audit_filter f = {.event = event, .outcome = "ok"};
+    assert_mid_ok(store_audit_query(st, &f, refusal_cb, &c));
+    return c.n;
+}
+
+int64_t ma_count_refusals(store *st, const char *event, const char *reason_part)
+{
+    refusal_ctx c = {reason_part, 0};
+    store_audit_filter f = {.event = event, .outcome = "denied"};
+    assert_mid_ok(store_audit_query(st, &f, refusal_cb, &c));
+    return c.n;
+}

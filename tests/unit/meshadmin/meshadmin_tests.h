@@ -35,6 +35,11 @@ size_t ma_stored_count(store *st);
 
 /* Number of audit events with type `event` (NULL: all). */
 int64_t ma_count_events(store *st, const char *event);
+/* Audit events of type `event` with outcome "ok". */
+int64_t ma_count_ok(store *st, const char *event);
+/* Audit events of type `event` with outcome "denied" whose reason contains
+ * `reason_part` (NULL: any). */
+int64_t ma_count_refusals(store *st, const char *event, const char *reason_part);
 
 /* Each runs its cmocka group and returns the number of failed tests. */
 int run_registry_store_tests(void);

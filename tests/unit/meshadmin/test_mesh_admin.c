@@ -267,6 +267,14 @@ static void test_apply_all_or_nothing(void **state)
     assert_contains(f->msg, "default/details");
     assert_int_equal(ma_stored_count(f->st), 2);
     assert_int_equal(f->changed, 1);
+
+    /* each refusal is audited with the caller's message as its reason */
+    assert_int_equal(ma_count_refusals(f->st, "mesh.apply", NULL), 4);
+    assert_int_equal(ma_count_refusals(f->st, "mesh.apply", "bad.yaml:17:"), 1);
+    assert_int_equal(ma_count_refusals(f->st, "mesh.apply", "thief.yaml:1: spec.hosts[0]"), 1);
+    /* a dry run writes nothing, so its refusal is not an audited change */
+    assert_int_equal(apply(f, names, texts, 1, true, NULL, NULL), RPC_INVALID_ARGUMENT);
+    assert_int_equal(ma_count_refusals(f->st, "mesh.apply", NULL), 4);
 }
 
 static void test_apply_bad_requests(void **state)
@@ -412,7 +420,9 @@ static void test_list_get_delete(void **state)
     free_msg(del);
     assert_int_equal(f->changed, 2);
     assert_int_equal(f->changed_rev, 2);
-    assert_int_equal(ma_count_events(f->st, "mesh.delete"), 1);
+    /* the refused delete is audited too */
+    assert_int_equal(ma_count_events(f->st, "mesh.delete"), 2);
+    assert_int_equal(ma_count_refusals(f->st, "mesh.delete", "nope"), 1);
     assert_int_equal(ma_stored_count(f->st), 1);
     dr.kind = (char *)"service";
     dr.name = (char *)"details.default.svc";
@@ -482,6 +492,7 @@ static void test_endpoints(void **state)
     assert_int_equal(add_ep(f, "details", "10.1.0", NULL, NULL, 0, NULL, NULL, NULL, NULL),
                      RPC_INVALID_ARGUMENT);
     assert_contains(f->msg, "address: \"10.1.0\" is not an IPv4 or IPv6 address");
+    assert_int_equal(ma_count_refusals(f->st, "mesh.endpoint.add", "\"10.1.0\" is not"), 1);
     assert_int_equal(add_ep(f, "details", "details.example", NULL, NULL, 0, NULL, NULL, NULL, NULL),
                      RPC_INVALID_ARGUMENT);
     assert_int_equal(add_ep(f, "nope", "10.1.0.9", NULL, NULL, 0, NULL, NULL, NULL, NULL),
@@ -504,7 +515,8 @@ static void test_endpoints(void **state)
                      RPC_INVALID_ARGUMENT);
     assert_int_equal(add_ep(f, "details", "10.1.0.9", NULL, NULL, 0, "Bad_SA", NULL, NULL, NULL),
                      RPC_INVALID_ARGUMENT);
-    assert_int_equal(ma_count_events(f->st, "mesh.endpoint.add"), 0);
+    assert_int_equal(ma_count_ok(f->st, "mesh.endpoint.add"), 0);
+    assert_int_equal(ma_count_refusals(f->st, "mesh.endpoint.add", NULL), 10); /* each audited */
     assert_int_equal(f->changed, 1);
 
     /* a new one (by host), labels sorted, address canonicalised */
@@ -551,7 +563,7 @@ static void test_endpoints(void **state)
     assert_true(ar->replaced);
     free_msg(ar);
     assert_int_equal(f->changed, changed);
-    assert_int_equal(ma_count_events(f->st, "mesh.endpoint.add"), 2);
+    assert_int_equal(ma_count_ok(f->st, "mesh.endpoint.add"), 2);
 
     /* every service's endpoints; unknown service */
     l = list_eps(f, NULL);
@@ -579,7 +591,10 @@ static void test_endpoints(void **state)
     assert_int_equal(unary(f, "RemoveEndpoint", &rr.base,
                            &meshid__admin__v1__remove_endpoint_response__descriptor, NULL),
                      RPC_OK);
-    assert_int_equal(ma_count_events(f->st, "mesh.endpoint.remove"), 1);
+    assert_int_equal(ma_count_ok(f->st, "mesh.endpoint.remove"), 1);
+    assert_int_equal(ma_count_refusals(f->st, "mesh.endpoint.remove", NULL), 2);
+    assert_int_equal(ma_count_refusals(f->st, "mesh.endpoint.remove", "has no endpoint 10.9.9.9"),
+                     1);
     l = list_eps(f, "details");
     assert_int_equal(l->n_endpoints, 2);
     free_msg(l);
