@@ -3,6 +3,7 @@
 #include "meshcore/mesh_plane.h"
 
 #include <dirent.h>
+#include <jansson.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -11,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "lib/log.h"
+#include "lib/timeutil.h"
 #include "meshcore/mesh_admin.h"
 #include "meshcore/registry_store.h"
 #include "meshcore/xds_gen.h"
@@ -18,6 +20,17 @@
 #include "storage/store_mesh.h"
 
 #define WATCH_FILES_MAX 10000
+#define REFUSE_SLOTS 64          /* distinct refused (peer, node, reason) remembered */
+#define REFUSE_WINDOW_MS 60000   /* at most one audit event per refusal per window */
+#define REFUSE_NODE_MAX 256      /* bytes of the node id kept in the event's details */
+
+/* One refusal recently audited: identical ones within the window are counted
+ * instead and the count goes into the next event that is written. */
+typedef struct {
+    uint64_t key; /* hash of peer, node id and reason */
+    int64_t last_ms;
+    uint32_t suppressed;
+} refuse_slot;
 
 struct mesh_plane {
     char *xds_listen;  /* NULL: off */
@@ -44,6 +57,8 @@ struct mesh_plane {
     uint64_t watch_fp;
     bool watch_fp_valid, watch_running;
     rpc_timer *watch_timer;
+
+    refuse_slot refused[REFUSE_SLOTS]; /* loop thread only */
 };
 
 /* ---- registry loads ------------------------------------------------------------ */
@@ -258,6 +273,118 @@ static void watch_tick(rpc_loop *loop, void *arg)
         LOG_ERROR("mesh: cannot re-arm the directory watch: %s", mid_errmsg());
 }
 
+/* ---- refused xDS streams in the audit log ----------------------------------------- */
+
+static uint64_t fnv1a(uint64_t h, const char *s)
+{
+    for (; s && *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ull;
+    }
+    h ^= 0xff; /* field separator */
+    return h * 1099511628211ull;
+}
+
+/* Whether a refusal with this key is audited now (loop thread). An
+ * Envoy whose stream is refused reconnects every second or so: one event
+ * per minute per (peer, node, reason) says the same, and *repeats is how
+ * many identical refusals since the last event went unrecorded. */
+static bool refuse_admit(mesh_plane *mp, uint64_t key, int64_t now, uint32_t *repeats)
+{
+    refuse_slot *lru = &mp->refused[0];
+    for (size_t i = 0; i < REFUSE_SLOTS; i++) {
+        refuse_slot *sl = &mp->refused[i];
+        if (sl->last_ms != 0 && sl->key == key) {
+            if (now - sl->last_ms < REFUSE_WINDOW_MS) {
+                sl->suppressed++;
+                return false;
+            }
+            *repeats = sl->suppressed;
+            sl->suppressed = 0;
+            sl->last_ms = now;
+            return true;
+        }
+        if (sl->last_ms < lru->last_ms) lru = sl;
+    }
+    *lru = (refuse_slot){.key = key, .last_ms = now};
+    *repeats = 0;
+    return true;
+}
+
+typedef struct {
+    store *st;
+    char *actor, *spiffe_id, *reason, *details;
+} refuse_job;
+
+static void refuse_job_free(refuse_job *j)
+{
+    if (!j) return;
+    free(j->actor);
+    free(j->spiffe_id);
+    free(j->reason);
+    free(j->details);
+    free(j);
+}
+
+static void refuse_work(void *arg)
+{
+    refuse_job *j = arg;
+    store_audit_event ev = {.actor = j->actor, .event = "xds.refuse", .spiffe_id = j->spiffe_id,
+                            .outcome = "denied", .reason = j->reason, .details = j->details};
+    if (!mid_is_ok(store_audit_append(j->st, &ev, NULL)))
+        LOG_ERROR("mesh: cannot audit a refused xDS stream: %s", mid_errmsg());
+}
+
+static void refuse_done(void *arg, bool ran)
+{
+    (void)ran;
+    refuse_job_free(arg);
+}
+
+/* `in` with control bytes and non-ASCII as '?', at most `cap - 1` bytes. */
+static void printable_copy(const char *in, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (; in && *in && o + 1 < cap; in++)
+        out[o++] = ((unsigned char)*in < 0x20 || (unsigned char)*in >= 0x7f) ? '?' : *in;
+    out[o] = '\0';
+}
+
+/* Audits a refused stream (event xds.refuse, outcome denied) on a worker:
+ * the loop thread never waits for the disk. The subject is the peer's
+ * SPIFFE ID (TLS), the details name the node. */
+static void audit_refused_stream(mesh_plane *mp, const Envoy__Config__Core__V3__Node *node,
+                                 const char *peer, const char *msg)
+{
+    char node_id[REFUSE_NODE_MAX + 1], reason[512];
+    printable_copy(node && node->id ? node->id : "", node_id, sizeof node_id);
+    printable_copy(msg, reason, sizeof reason);
+    uint64_t key = fnv1a(fnv1a(fnv1a(1469598103934665603ull, peer), node_id), reason);
+    uint32_t repeats = 0;
+    if (!refuse_admit(mp, key, time_now_ms(), &repeats)) return;
+    refuse_job *j = calloc(1, sizeof *j);
+    json_t *d = json_pack("{s:s, s:I}", "node", node_id, "repeats", (json_int_t)repeats);
+    if (j) {
+        j->st = mp->env.st;
+        size_t al = strlen("proxy:") + strlen(peer ? peer : "plaintext") + 1;
+        j->actor = malloc(al);
+        if (j->actor) snprintf(j->actor, al, "proxy:%s", peer ? peer : "plaintext");
+        j->spiffe_id = peer ? strdup(peer) : NULL;
+        j->reason = strdup(reason);
+        j->details = d ? json_dumps(d, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    }
+    json_decref(d);
+    if (!j || !j->actor || (peer && !j->spiffe_id) || !j->reason || !j->details) {
+        LOG_ERROR("mesh: cannot audit a refused xDS stream: out of memory");
+        refuse_job_free(j);
+        return;
+    }
+    if (!mid_is_ok(workpool_submit(mp->env.wp, refuse_work, refuse_done, j))) {
+        LOG_ERROR("mesh: cannot audit a refused xDS stream: %s", mid_errmsg());
+        refuse_job_free(j);
+    }
+}
+
 /* ---- ADS resolve -------------------------------------------------------------------- */
 
 static mid_result resolve(void *ctx, const Envoy__Config__Core__V3__Node *node,
@@ -266,9 +393,21 @@ static mid_result resolve(void *ctx, const Envoy__Config__Core__V3__Node *node,
     mesh_plane *mp = ctx;
     MID_ENSURE(mp->reg != NULL, MID_E_STATE, "the registry is not loaded yet");
     xds_proxy p;
-    MID_GUARD(xds_proxy_from_node(node, peer_spiffe_id, &p));
-    mid_result r = xds_gen_snapshot(mp->gen, mp->reg, &p, out);
-    xds_proxy_clear(&p);
+    mid_result r = xds_proxy_from_node(node, peer_spiffe_id, &p);
+    if (mid_is_ok(r)) {
+        r = xds_gen_snapshot(mp->gen, mp->reg, &p, out);
+        xds_proxy_clear(&p);
+    }
+    /* the proxy's own doing (no or a conflicting identity, bad node data,
+     * an identity without a workload) is a refusal worth a line in the
+     * audit log; the server's own failures are logged by ads.c */
+    if (r.err == MID_E_DENIED || r.err == MID_E_INVALID || r.err == MID_E_TOO_LARGE ||
+        r.err == MID_E_NOT_FOUND) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", mid_errmsg());
+        audit_refused_stream(mp, node, peer_spiffe_id, msg);
+        return mid_fail(r.err, __FILE__, __LINE__, "%s", msg); /* the caller's message */
+    }
     return r;
 }
 

@@ -129,6 +129,20 @@ grep -q 'no identity' "$WORK/bad1.out" || fail "no-identity message: $(cat "$WOR
 ads "$XDS" sotw --node-id "spiffe://$TD/ns/default/sa/ghost" --expect-error 9 >"$WORK/bad2.out" || fail "ghost: $(cat "$WORK/bad2.out")"
 ads "$XDS" sotw --node-id "spiffe://Bad Domain/x" --expect-error 3 >"$WORK/bad3.out" || fail "malformed id: $(cat "$WORK/bad3.out")"
 
+step "refused streams are audited: xds.refuse, one event per minute per proxy, node and reason"
+ads "$XDS" sotw --node-id nobody --expect-error 7 >"$WORK/bad1b.out" || fail "no identity again: $(cat "$WORK/bad1b.out")"
+for _ in $(seq 50); do
+  m audit query --event xds.refuse --json >"$WORK/refused.json" 2>&1 || fail "audit query: $(cat "$WORK/refused.json")"
+  [ "$(grep -c . "$WORK/refused.json")" -ge 3 ] && break
+  sleep 0.1
+done
+[ "$(grep -c '"node":"nobody"' "$WORK/refused.json")" -eq 1 ] || fail "nobody: not one event: $(cat "$WORK/refused.json")"
+grep '"node":"nobody"' "$WORK/refused.json" | grep -q '"outcome":"denied".*"reason":"[^"]*no identity' \
+  || fail "nobody: outcome/reason: $(cat "$WORK/refused.json")"
+grep -q '"node":"spiffe://'"$TD"'/ns/default/sa/ghost"' "$WORK/refused.json" || fail "ghost not audited"
+grep -q '"node":"spiffe://Bad Domain/x"' "$WORK/refused.json" || fail "malformed id not audited"
+grep -q '"actor":"proxy:plaintext"' "$WORK/refused.json" || fail "refusal actor"
+
 step "NACK of CDS: not resent; the stream lives on"
 ads "$XDS" sotw --node-id "$ID_RATINGS" --nack cds --watch-ms 2000 >"$WORK/nack.out" 2>&1 \
   || fail "nack: $(tail -n 3 "$WORK/nack.out")"
