@@ -16,6 +16,7 @@
 #include "identity/spiffe_id.h"
 #include "lib/admin_peer.h"
 #include "lib/log.h"
+#include "lib/quote.h"
 #include "meshcore/mesh_admin.h"
 #include "meshcore/policy.h"
 #include "meshcore/yaml_load.h"
@@ -25,7 +26,7 @@
 #define A_PREFIX "/meshid.admin.v1.Admin/"
 #define MSG_MAX 1280
 #define OP_ARENA_LIMIT ((size_t)64 << 20)
-#define QUOTE_MAX 128   /* bytes of a caller's string echoed in a message */
+#define ADMIN_QUOTE_MAX 128   /* bytes of a caller's string echoed in a message */
 #define DECISION_TEXT_MAX 512
 
 typedef struct mop mop;
@@ -123,11 +124,8 @@ static void op_call_done(rpc_call *call, bool cancelled, void *ctx)
  * server's own failures; the reason is the message the caller got. */
 static void audit_refusal(mop *op)
 {
-    char reason[MSG_MAX];
-    size_t i = 0;
-    for (; op->msg[i] && i < sizeof reason - 1; i++)
-        reason[i] = ((unsigned char)op->msg[i] < 0x20 || op->msg[i] == 0x7f) ? '?' : op->msg[i];
-    reason[i] = '\0';
+    char reason[STORE_AUDIT_TEXT_MAX]; /* what the store takes; a longer one is cut */
+    quote_printable(op->msg, sizeof reason, reason, sizeof reason);
     bool server_side = op->code == RPC_INTERNAL || op->code == RPC_UNAVAILABLE ||
                        op->code == RPC_RESOURCE_EXHAUSTED;
     store_audit_event ev = {.actor = op->actor, .event = op->refused_event,
@@ -253,12 +251,12 @@ static char *adup(arena *a, const char *s)
     return arena_strndup(a, s ? s : "", s ? strlen(s) : 0);
 }
 
-/* A caller's string fit for a message: at most QUOTE_MAX bytes, control
+/* A caller's string fit for a message: at most ADMIN_QUOTE_MAX bytes, control
  * bytes as '?'. */
-static void quote(const char *in, char out[QUOTE_MAX + 4])
+static void quote(const char *in, char out[ADMIN_QUOTE_MAX + 4])
 {
     size_t o = 0;
-    for (; in && *in && o < QUOTE_MAX; in++) out[o++] = ((unsigned char)*in < 0x20 || *in == 0x7f) ? '?' : *in;
+    for (; in && *in && o < ADMIN_QUOTE_MAX; in++) out[o++] = ((unsigned char)*in < 0x20 || *in == 0x7f) ? '?' : *in;
     if (in && *in) {
         memcpy(out + o, "...", 3);
         o += 3;
@@ -370,7 +368,7 @@ static mid_result parse_files(const Meshid__Admin__V1__ApplyResourcesRequest *re
     mid_result r = MID_OK_RESULT;
     for (size_t i = 0; i < req->n_files; i++) {
         const Meshid__Admin__V1__SourceFile *f = req->files[i];
-        char q[QUOTE_MAX + 4];
+        char q[ADMIN_QUOTE_MAX + 4];
         quote(f->name, q);
         size_t nl = strlen(f->name);
         MID_CHECK(r, nl > 0 && nl <= MESH_ADMIN_FILE_NAME_MAX, MID_E_INVALID,
@@ -474,7 +472,7 @@ done:
 static mid_result resolve(const mesh_plan *p, mesh_kind kind, const char *q, char ns[MESH_NAME_MAX + 1],
                           char name[MESH_NAME_MAX + 1])
 {
-    char qq[QUOTE_MAX + 4];
+    char qq[ADMIN_QUOTE_MAX + 4];
     quote(q, qq);
     MID_ENSURE(q[0] != '\0', MID_E_INVALID, "a %s name is required", mesh_store_kind(kind));
     const char *fns = NULL, *fname = NULL;
@@ -642,7 +640,7 @@ static mid_result endpoint_from_request(const Meshid__Admin__V1__AddEndpointRequ
     if (req->health[0]) {
         r = mesh_health_parse(req->health, &e->health);
         if (!mid_is_ok(r)) {
-            char q[QUOTE_MAX + 4];
+            char q[ADMIN_QUOTE_MAX + 4];
             quote(req->health, q);
             MID_CHECK(r, false, MID_E_INVALID,
                       "health \"%s\" is not HEALTHY, UNHEALTHY or DRAINING", q);
@@ -744,7 +742,7 @@ static mid_result endpoint_change(mop *op, const char *service, const char *addr
     mesh_service *next = NULL;
     mesh_endpoint e = {0};
     mid_result r = MID_OK_RESULT;
-    char q[QUOTE_MAX + 4], aq[QUOTE_MAX + 4];
+    char q[ADMIN_QUOTE_MAX + 4], aq[ADMIN_QUOTE_MAX + 4];
     quote(service, q);
     quote(address, aq);
     pthread_mutex_lock(&ma->lock);
@@ -791,7 +789,7 @@ static void ep_add_work(mop *op)
 {
     const Meshid__Admin__V1__AddEndpointRequest *req =
         (const Meshid__Admin__V1__AddEndpointRequest *)op->req;
-    char addr[INET6_ADDRSTRLEN], q[QUOTE_MAX + 4], key[2 * MESH_NAME_MAX + 2];
+    char addr[INET6_ADDRSTRLEN], q[ADMIN_QUOTE_MAX + 4], key[2 * MESH_NAME_MAX + 2];
     quote(req->address, q);
     if (req->service[0] == '\0') {
         op_refuse(op, RPC_INVALID_ARGUMENT, "a service is required");
@@ -835,7 +833,7 @@ static void ep_remove_work(mop *op)
         return;
     }
     if (!canon_address(req->address, addr)) {
-        char q[QUOTE_MAX + 4];
+        char q[ADMIN_QUOTE_MAX + 4];
         quote(req->address, q);
         op_refuse(op, RPC_INVALID_ARGUMENT, "address: \"%s\" is not an IPv4 or IPv6 address", q);
         return;
@@ -915,7 +913,7 @@ static void ep_list_work(mop *op)
     if (req->service[0]) {
         only = reg_find(reg, req->service);
         if (!only) {
-            char q[QUOTE_MAX + 4];
+            char q[ADMIN_QUOTE_MAX + 4];
             quote(req->service, q);
             op_refuse(op, RPC_NOT_FOUND, "no service \"%s\" (by namespace/name, name or host)", q);
             goto out;
@@ -1038,7 +1036,7 @@ static void check_work(mop *op)
     mesh_registry *reg = NULL;
     const mesh_policy **pols = NULL;
     const mesh_endpoint **reps = NULL;
-    char q[QUOTE_MAX + 4];
+    char q[ADMIN_QUOTE_MAX + 4];
     mid_result r = MID_OK_RESULT;
     MID_CHECK(r, req->to[0] != '\0', MID_E_INVALID, "the destination service (to) is required");
     if (req->from[0]) {

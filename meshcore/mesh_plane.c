@@ -4,6 +4,7 @@
 
 #include <dirent.h>
 #include <jansson.h>
+#include <openssl/evp.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -12,6 +13,7 @@
 #include <sys/stat.h>
 
 #include "lib/log.h"
+#include "lib/quote.h"
 #include "lib/timeutil.h"
 #include "meshcore/mesh_admin.h"
 #include "meshcore/registry_store.h"
@@ -27,7 +29,7 @@
 /* One refusal recently audited: identical ones within the window are counted
  * instead and the count goes into the next event that is written. */
 typedef struct {
-    uint64_t key; /* hash of peer, node id and reason */
+    unsigned char key[32]; /* SHA-256 of peer, node id and reason (no chosen collisions) */
     int64_t last_ms;
     uint32_t suppressed;
 } refuse_slot;
@@ -275,26 +277,33 @@ static void watch_tick(rpc_loop *loop, void *arg)
 
 /* ---- refused xDS streams in the audit log ----------------------------------------- */
 
-static uint64_t fnv1a(uint64_t h, const char *s)
+/* The refusal's identity: SHA-256 over peer, node id and reason, each with
+ * its NUL, so that a node id chosen by a client cannot collide with another
+ * proxy's refusal and hide it. 0 if OpenSSL fails. */
+static int refuse_key(const char *peer, const char *node_id, const char *reason,
+                      unsigned char key[32])
 {
-    for (; s && *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ull;
-    }
-    h ^= 0xff; /* field separator */
-    return h * 1099511628211ull;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    const char *parts[3] = {peer ? peer : "", node_id, reason};
+    int ok = md != NULL && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1;
+    for (size_t i = 0; ok && i < 3; i++)
+        ok = EVP_DigestUpdate(md, parts[i], strlen(parts[i]) + 1) == 1;
+    ok = ok && EVP_DigestFinal_ex(md, key, NULL) == 1;
+    EVP_MD_CTX_free(md);
+    return ok;
 }
 
 /* Whether a refusal with this key is audited now (loop thread). An
  * Envoy whose stream is refused reconnects every second or so: one event
  * per minute per (peer, node, reason) says the same, and *repeats is how
  * many identical refusals since the last event went unrecorded. */
-static bool refuse_admit(mesh_plane *mp, uint64_t key, int64_t now, uint32_t *repeats)
+static bool refuse_admit(mesh_plane *mp, const unsigned char key[32], int64_t now,
+                         uint32_t *repeats)
 {
     refuse_slot *lru = &mp->refused[0];
     for (size_t i = 0; i < REFUSE_SLOTS; i++) {
         refuse_slot *sl = &mp->refused[i];
-        if (sl->last_ms != 0 && sl->key == key) {
+        if (sl->last_ms != 0 && memcmp(sl->key, key, sizeof sl->key) == 0) {
             if (now - sl->last_ms < REFUSE_WINDOW_MS) {
                 sl->suppressed++;
                 return false;
@@ -306,7 +315,8 @@ static bool refuse_admit(mesh_plane *mp, uint64_t key, int64_t now, uint32_t *re
         }
         if (sl->last_ms < lru->last_ms) lru = sl;
     }
-    *lru = (refuse_slot){.key = key, .last_ms = now};
+    *lru = (refuse_slot){.last_ms = now};
+    memcpy(lru->key, key, sizeof lru->key);
     *repeats = 0;
     return true;
 }
@@ -341,27 +351,19 @@ static void refuse_done(void *arg, bool ran)
     refuse_job_free(arg);
 }
 
-/* `in` with control bytes and non-ASCII as '?', at most `cap - 1` bytes. */
-static void printable_copy(const char *in, char *out, size_t cap)
-{
-    size_t o = 0;
-    for (; in && *in && o + 1 < cap; in++)
-        out[o++] = ((unsigned char)*in < 0x20 || (unsigned char)*in >= 0x7f) ? '?' : *in;
-    out[o] = '\0';
-}
-
 /* Audits a refused stream (event xds.refuse, outcome denied) on a worker:
  * the loop thread never waits for the disk. The subject is the peer's
  * SPIFFE ID (TLS), the details name the node. */
 static void audit_refused_stream(mesh_plane *mp, const Envoy__Config__Core__V3__Node *node,
                                  const char *peer, const char *msg)
 {
-    char node_id[REFUSE_NODE_MAX + 1], reason[512];
-    printable_copy(node && node->id ? node->id : "", node_id, sizeof node_id);
-    printable_copy(msg, reason, sizeof reason);
-    uint64_t key = fnv1a(fnv1a(fnv1a(1469598103934665603ull, peer), node_id), reason);
+    char node_id[REFUSE_NODE_MAX * 4 + 8], reason[2048];
+    unsigned char key[32];
+    quote_printable(node ? node->id : NULL, REFUSE_NODE_MAX, node_id, sizeof node_id);
+    quote_printable(msg, sizeof reason, reason, sizeof reason);
     uint32_t repeats = 0;
-    if (!refuse_admit(mp, key, time_now_ms(), &repeats)) return;
+    if (refuse_key(peer, node_id, reason, key) && !refuse_admit(mp, key, time_now_ms(), &repeats))
+        return;
     refuse_job *j = calloc(1, sizeof *j);
     json_t *d = json_pack("{s:s, s:I}", "node", node_id, "repeats", (json_int_t)repeats);
     if (j) {
